@@ -1,0 +1,31 @@
+# hotdog: data -> training -> weights -> hotdog.mar (TorchServe) and .pte (ExecuTorch).
+# Every target installs what it needs through `setup`, so a fresh clone needs no manual step.
+SHELL := /bin/bash
+PY := .venv/bin/python
+DATA ?= ../shared/data/hotdog/train
+TEST_DATA ?= ../shared/data/hotdog/test
+RUN ?= runs/latest
+WEIGHTS ?= weights
+
+.PHONY: setup train eval test clean
+
+setup: .venv/.installed
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`.
+train: setup
+	$(PY) -m training.train --config training/configs/hotdog.yaml --data $(DATA) --out $(RUN)
+
+# Evaluate weights (default: the shipped ones) on the test split; writes JSON + PNGs beside them.
+eval: setup
+	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(TEST_DATA)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs .cache model_store logs .pytest_cache

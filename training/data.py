@@ -1,0 +1,136 @@
+"""ImageFolder scanning, the source-stratified validation split, and the decoded-image cache."""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import random
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_uint8, resize_and_crop, pil_to_uint8
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "hotdog"
+CACHE_DIR = Path(os.environ.get("HOTDOG_CACHE", REPO_ROOT / ".cache"))
+
+
+class DataError(RuntimeError):
+    """A problem with the data tree that the user must fix; printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+    source: str
+
+
+def scan_image_folder(root: str | Path, labels: tuple[str, ...] | None = None,
+                      source_patterns: dict[str, str] | None = None,
+                      default_source: str = "default") -> tuple[list[Sample], tuple[str, ...]]:
+    """List `<root>/<class>/<image>` files. Class order is `labels` if given, else sorted folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if labels is None:
+        labels = tuple(folders)
+    missing = [c for c in labels if c not in folders]
+    if missing:
+        raise DataError(f"class folder missing in {root}: {', '.join(missing)} (expected {list(labels)})")
+    if len(labels) < 2:
+        raise DataError(f"need at least 2 class folders in {root}, found {folders}")
+    samples = []
+    for idx, cls in enumerate(labels):
+        files = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"class folder has no images: {root / cls}")
+        for p in files:
+            source = next((name for name, pat in (source_patterns or {}).items()
+                           if fnmatch.fnmatch(p.name, pat)), default_source)
+            samples.append(Sample(p, idx, source))
+    return samples, tuple(labels)
+
+
+def stratified_split(samples: list[Sample], val_fraction: dict[str, float] | float, seed: int
+                     ) -> tuple[list[Sample], list[Sample]]:
+    """Hold out a fraction of each (source, class) group, so validation mirrors each source's difficulty."""
+    groups: dict[tuple[str, int], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.source, s.label), []).append(s)
+    rng = random.Random(seed)
+    train, val = [], []
+    for (source, _), group in sorted(groups.items()):
+        frac = val_fraction if isinstance(val_fraction, float) else val_fraction.get(source, 0.0)
+        group = sorted(group, key=lambda s: s.path.name)
+        rng.shuffle(group)
+        n_val = round(len(group) * frac)
+        if frac > 0 and len(group) > 1:
+            n_val = min(max(n_val, 1), len(group) - 1)
+        val += group[:n_val]
+        train += group[n_val:]
+    return train, val
+
+
+def file_list_sha256(samples: list[Sample], root: Path) -> str:
+    """Hash of the relative paths, sizes and labels: identifies the exact data a model saw."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        h.update(f"{s.path.relative_to(root)}\t{s.path.stat().st_size}\t{s.label}\n".encode())
+    return h.hexdigest()
+
+
+def _decode_one(args: tuple[str, int, int, int]) -> torch.Tensor | str:
+    path, resize_size, crop_size, max_pixels = args
+    try:
+        img = decode_image(Path(path).read_bytes(), max_pixels)
+    except (ImageError, OSError) as e:
+        return f"{path}: {e}"
+    if resize_size == crop_size:
+        return pil_to_uint8(resize_and_crop(img, crop_size, crop_size))
+    spec = PreprocessSpec(input_size=crop_size, resize_size=resize_size)
+    return image_to_uint8(img, spec)
+
+
+def load_cached(samples: list[Sample], resize_size: int, crop_size: int, max_pixels: int,
+                workers: int = 2, quiet: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Decode every image once to uint8 (N, 3, crop, crop); cached on disk keyed by files and sizes.
+
+    Returns (images, labels, kept, skipped): `kept` indexes the readable samples, `skipped` lists
+    'path: reason' for the others, so one bad file is reported instead of ending the run.
+    """
+    key = hashlib.sha256()
+    for s in samples:
+        st = s.path.stat()
+        key.update(f"{s.path}\t{st.st_size}\t{st.st_mtime_ns}\t{s.label}\n".encode())
+    key.update(f"{resize_size}/{crop_size}/{max_pixels}/v1".encode())
+    cache_file = CACHE_DIR / f"images-{crop_size}-{key.hexdigest()[:16]}.pt"
+    if cache_file.exists():
+        blob = torch.load(cache_file, weights_only=False)
+        return blob["images"], blob["labels"], blob["kept"], blob["skipped"]
+    jobs = [(str(s.path), resize_size, crop_size, max_pixels) for s in samples]
+    if not quiet:
+        print(f"decoding {len(jobs)} images to {crop_size}px (cached in {CACHE_DIR})", file=sys.stderr)
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_decode_one, jobs, chunksize=32))
+    else:
+        results = [_decode_one(j) for j in jobs]
+    skipped = [r for r in results if isinstance(r, str)]
+    kept = torch.tensor([i for i, r in enumerate(results) if not isinstance(r, str)], dtype=torch.long)
+    if len(kept) == 0:
+        raise DataError(f"no readable images among {len(samples)} files: " + "; ".join(skipped[:3]))
+    images = torch.stack([results[i] for i in kept])
+    labels = torch.tensor([samples[i].label for i in kept])
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    torch.save({"images": images, "labels": labels, "kept": kept, "skipped": skipped}, tmp)
+    os.replace(tmp, cache_file)
+    return images, labels, kept, skipped

@@ -1,0 +1,294 @@
+"""Train ResNN from scratch: `python -m training.train [--config FILE] [--field value ...] [--resume]`.
+
+A run folder holds everything needed to use or audit the model: model.pt (best state_dict),
+preprocess.json, config.yaml, metrics.jsonl, manifest.json, data_files.txt, checkpoint.pt and curves.png.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from model_src.preprocess import PreprocessSpec, normalize
+from model_src.resnn import ResNN
+from training.config import TrainConfig, parse_config
+from training.data import DataError, file_list_sha256, load_cached, scan_image_folder, stratified_split
+from training.presets import TrainAugment
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temp file then rename, so a kill mid-write never leaves a broken file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class WarmupCosine:
+    """LR as a function of training progress in [0, 1] (steps or wall-clock time, whichever is further)."""
+
+    def __init__(self, base_lr: float, warmup: float, kind: str = "cosine"):
+        self.base_lr, self.warmup, self.kind = base_lr, warmup, kind
+
+    def __call__(self, progress: float) -> float:
+        if progress < self.warmup:
+            return self.base_lr * (progress / self.warmup)
+        if self.kind == "constant":
+            return self.base_lr
+        t = (progress - self.warmup) / max(1e-8, 1 - self.warmup)
+        return self.base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "bf16"
+    if amp == "off":
+        return contextlib.nullcontext(), None
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast(device.type, dtype=dtype), scaler
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg: TrainConfig, state: dict,
+                    epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at) -> dict:
+    model.train()
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout / drop-path: same per epoch after a resume
+    perm = torch.randperm(len(images), generator=g)
+    loss_sum, correct, seen = 0.0, 0, 0
+    t0 = time.perf_counter()
+    size = cfg.train_sizes[-1]
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, mininterval=2, file=sys.stderr)
+    for step in bar:
+        progress = min(1.0, max(state["step"] / total_steps,
+                                state["train_seconds"] / (cfg.time_budget_min * 60) if cfg.time_budget_min else 0))
+        if progress >= 1.0 and cfg.time_budget_min:
+            break
+        size = cfg.train_sizes[min(len(cfg.train_sizes) - 1, int(progress * len(cfg.train_sizes)))]
+        idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        step_start = time.perf_counter()
+        x = augment(images[idx], size, g).to(device, non_blocking=True)
+        y = labels[idx].to(device, non_blocking=True)
+        if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(progress)
+        with autocast:
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        state["step"] += 1
+        state["train_seconds"] += time.perf_counter() - step_start
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", size=size)
+    elapsed = time.perf_counter() - t0
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "train_size": size, "img_per_s": seen / max(elapsed, 1e-9), "lr": optimizer.param_groups[0]["lr"],
+            "train_images": seen}
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, spec: PreprocessSpec, device, batch_size: int = 128) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy and per-image correctness on preprocessed uint8 images."""
+    model.eval()
+    losses, hits = [], []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i:i + batch_size], spec).to(device)
+        y = labels[i:i + batch_size].to(device)
+        logits = model(x).float()
+        losses.append(F.cross_entropy(logits, y, reduction="sum").item())
+        hits.append((logits.argmax(1) == y).cpu())
+    return sum(losses) / max(len(images), 1), torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"output folder is not writable: {out} ({e.strerror or e})") from None
+
+
+def main(argv: list[str] | None = None) -> Path:
+    cfg, args = parse_config(argv)
+    wall_start = time.perf_counter()
+    out = Path(cfg.out)
+    check_writable(out)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg)
+    ckpt_path = out / "checkpoint.pt"
+    if not args.resume and ckpt_path.exists():
+        raise DataError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+
+    # Data: scan, split, decode once.
+    data_root = Path(cfg.data)
+    samples, labels = scan_image_folder(data_root, None, cfg.source_patterns, cfg.default_source)
+    train_s, val_s = stratified_split(samples, cfg.val_fraction, cfg.seed)
+    if not train_s or not val_s:
+        raise DataError(f"split of {data_root} left {len(train_s)} train / {len(val_s)} val images")
+    spec = PreprocessSpec(labels=labels, input_size=cfg.input_size, resize_size=cfg.resize_size)
+    train_x, train_y, _, skipped_train = load_cached(train_s, cfg.cache_size, cfg.cache_size, spec.max_pixels,
+                                                     cfg.decode_workers)
+    val_x, val_y, val_kept, skipped_val = load_cached(val_s, spec.resize_size, spec.input_size, spec.max_pixels,
+                                                      cfg.decode_workers)
+    skipped = skipped_train + skipped_val
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
+        for line in skipped:
+            print(f"  {line}", file=sys.stderr)
+    val_sources = [val_s[i].source for i in val_kept.tolist()]
+    select_mask = torch.tensor([s == cfg.select_source for s in val_sources])
+    if not select_mask.any():
+        select_mask = torch.ones(len(val_sources), dtype=torch.bool)
+    if len(train_x) < cfg.batch_size:
+        cfg.batch_size = len(train_x)  # tiny data trees (tests): one batch per epoch
+
+    # Model, optimiser, EMA.
+    torch.manual_seed(cfg.seed)
+    arch = {"name": "ResNN", "num_classes": len(labels), "widths": list(cfg.widths), "dropout": cfg.dropout}
+    model = ResNN(len(labels), tuple(cfg.widths), cfg.dropout, cfg.drop_path).to(device)
+    if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay > 0 else None)
+    autocast, scaler = autocast_for(cfg, device)
+    train_model = torch.compile(model) if cfg.compile else model
+    augment = TrainAugment(spec, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter,
+                           erasing=cfg.random_erasing)
+    lr_at = WarmupCosine(cfg.lr, cfg.warmup, cfg.schedule)
+    steps_per_epoch = len(train_x) // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+    state = {"step": 0, "train_seconds": 0.0, "best": -1.0, "best_epoch": -1, "epoch": 0}
+
+    metrics_path = out / "metrics.jsonl"
+    if args.resume:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        state = ckpt["scheduler"]
+        # Drop metric lines written after the checkpoint (a kill between the two writes).
+        if metrics_path.exists():
+            lines = [ln for ln in metrics_path.read_text().splitlines()
+                     if ln and json.loads(ln)["epoch"] <= state["epoch"]]
+            metrics_path.write_text("".join(ln + "\n" for ln in lines))
+        print(f"resumed {out} at epoch {state['epoch'] + 1}", file=sys.stderr)
+    else:
+        (out / "config.yaml").write_text(cfg.to_yaml())
+        spec.save(out)
+        (out / "data_files.txt").write_text(
+            "".join(f"train\t{s.path.relative_to(data_root)}\t{s.source}\n" for s in train_s)
+            + "".join(f"val\t{s.path.relative_to(data_root)}\t{s.source}\n" for s in val_s))
+        metrics_path.write_text("")
+
+    eval_model = ema.module if ema is not None else model
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        if cfg.time_budget_min and state["train_seconds"] >= cfg.time_budget_min * 60:
+            break
+        epoch_start = time.perf_counter()
+        row = train_one_epoch(train_model, ema, optimizer, scaler, augment, train_x, train_y, cfg, state,
+                              epoch, device, autocast, steps_per_epoch, total_steps, lr_at)
+        budget_done = bool(cfg.time_budget_min) and state["train_seconds"] >= cfg.time_budget_min * 60
+        last = epoch == cfg.epochs or budget_done
+        row.update(epoch=epoch, epoch_seconds=time.perf_counter() - epoch_start,
+                   train_minutes=state["train_seconds"] / 60)
+        if epoch % cfg.eval_every == 0 or last:
+            val_loss, hits = evaluate(eval_model, val_x, val_y, spec, device)
+            row.update(val_loss=val_loss, val_acc=hits.float().mean().item())
+            for source in sorted(set(val_sources)):
+                mask = torch.tensor([s == source for s in val_sources])
+                row[f"val_acc_{source}"] = hits[mask].float().mean().item()
+            score = hits[select_mask].float().mean().item()
+            if score > state["best"]:
+                state["best"], state["best_epoch"] = score, epoch
+                atomic_save(eval_model.state_dict(), out / "model.pt")
+        row["peak_rss_mib"] = peak_rss_mib()
+        state["epoch"] = epoch
+        atomic_save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "scheduler": state, "epoch": epoch, "config": json.loads(json.dumps(vars(cfg)))},
+                    ckpt_path)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+        print(json.dumps(shown), file=sys.stderr)
+        if budget_done:
+            break
+
+    manifest = {
+        "arch": arch,
+        "weights": "model.pt",
+        "weights_sha256": sha256_file(out / "model.pt"),
+        "data_root": str(data_root),
+        "data_files_sha256": file_list_sha256(train_s + val_s, data_root),
+        "train_images": len(train_x), "val_images": len(val_x), "skipped_files": skipped,
+        "best_epoch": state["best_epoch"], f"best_val_acc_{cfg.select_source}": state["best"],
+        "epochs_run": state["epoch"], "train_minutes": state["train_seconds"] / 60,
+        "wall_minutes_this_process": (time.perf_counter() - wall_start) / 60,
+        "device": str(device), "torch": torch.__version__,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    from training.plots import plot_curves
+    plot_curves(metrics_path, out / "curves.png")
+    print(f"done: {out} (best {cfg.select_source} val acc {state['best']:.4f} at epoch {state['best_epoch']})",
+          file=sys.stderr)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
