@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import multiprocessing
 import os
 import random
 import sys
@@ -119,7 +120,8 @@ def load_cached(samples: list[Sample], resize_size: int, crop_size: int, max_pix
     if not quiet:
         print(f"decoding {len(jobs)} images to {crop_size}px (cached in {CACHE_DIR})", file=sys.stderr)
     if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: a fork after torch has started its thread pools can deadlock the children.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_decode_one, jobs, chunksize=32))
     else:
         results = [_decode_one(j) for j in jobs]

@@ -74,6 +74,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def training_clock(cfg: TrainConfig):
+    if cfg.budget_clock == "cpu":
+        threads = torch.get_num_threads()
+        return lambda: time.process_time() / threads
+    return time.perf_counter
+
+
 def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg: TrainConfig, state: dict,
                     epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at) -> dict:
     model.train()
@@ -82,6 +89,7 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg:
     perm = torch.randperm(len(images), generator=g)
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
+    clock = training_clock(cfg)
     size = cfg.train_sizes[-1]
     bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, mininterval=2, file=sys.stderr)
     for step in bar:
@@ -91,7 +99,7 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg:
             break
         size = cfg.train_sizes[min(len(cfg.train_sizes) - 1, int(progress * len(cfg.train_sizes)))]
         idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        step_start = time.perf_counter()
+        step_start = clock()
         x = augment(images[idx], size, g).to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
         if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
@@ -117,7 +125,7 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg:
         if ema is not None:
             ema.update_parameters(model)
         state["step"] += 1
-        state["train_seconds"] += time.perf_counter() - step_start
+        state["train_seconds"] += clock() - step_start
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
@@ -286,9 +294,15 @@ def main(argv: list[str] | None = None) -> Path:
     return out
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point: a data problem is one clear line on stderr and exit code 2, not a traceback."""
     try:
-        main()
+        main(argv)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,131 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_TRAIN_ARGS
+from training import evaluate, train
+from training.data import scan_image_folder, stratified_split
+
+RUN_FILES = ["model.pt", "checkpoint.pt", "preprocess.json", "config.yaml", "metrics.jsonl", "manifest.json",
+             "data_files.txt", "curves.png"]
+
+
+def run_cli(module: str, *args: str, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_stratified_split_keeps_every_source_and_class(sample_tree):
+    samples, labels = scan_image_folder(sample_tree, None, {"extra": "x*"}, "kaggle")
+    train_s, val_s = stratified_split(samples, {"kaggle": 0.34, "extra": 0.34}, seed=0)
+    assert labels == ("hot_dog", "not_hot_dog")
+    assert {(s.source, s.label) for s in val_s} == {(src, c) for src in ("kaggle", "extra") for c in (0, 1)}
+    assert not {s.path for s in train_s} & {s.path for s in val_s}
+    again, _ = stratified_split(samples, {"kaggle": 0.34, "extra": 0.34}, seed=0)
+    assert [s.path for s in again] == [s.path for s in train_s]
+
+
+def test_two_epoch_run_writes_every_output(sample_tree, tmp_path):
+    out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "run"), "--epochs", "2", *TINY_TRAIN_ARGS])
+    for name in RUN_FILES:
+        assert (out / name).stat().st_size > 0, name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all("val_acc" in r for r in rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == train.sha256_file(out / "model.pt")
+    assert manifest["train_images"] + manifest["val_images"] == 12
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert "head.weight" in state
+    # The run folder is a complete bundle: evaluation loads it and writes its reports.
+    report = evaluate.main(["--weights", str(out), "--data", str(sample_tree), "--name", "sample"])
+    assert report["n"] == 12
+    for name in ["eval_sample.json", "eval_sample_predictions.jsonl", "eval_sample_confusion.png"]:
+        assert (out / name).exists()
+
+
+def test_killed_run_resumes_to_the_same_result(sample_tree, tmp_path):
+    args = ["--data", str(sample_tree), "--epochs", "6", *TINY_TRAIN_ARGS]
+    env = {"HOTDOG_CACHE": str(tmp_path / "cache")}
+    straight = run_cli("training.train", *args, "--out", str(tmp_path / "straight"), env_extra=env)
+    assert straight.returncode == 0, straight.stderr
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", *args, "--out", str(killed_dir)], cwd=REPO,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < 6, f"kill came too late to test resuming ({done} epochs done)"
+    assert not (killed_dir / "manifest.json").exists()
+
+    resumed = run_cli("training.train", "--out", str(killed_dir), "--resume", env_extra=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stderr
+    a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-3, abs=1e-3)
+        assert rb["val_acc"] == pytest.approx(ra["val_acc"], abs=1e-6)
+
+
+def test_corrupt_and_non_image_files_are_skipped_and_named(sample_tree, tmp_path, capsys):
+    (sample_tree / "hot_dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (sample_tree / "not_hot_dog" / "notes.png").write_text("this is text, not a picture")
+    code = train.cli(["--data", str(sample_tree), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY_TRAIN_ARGS])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "skipped 2 unreadable image(s)" in err
+    assert "broken.jpg" in err and "notes.png" in err
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert len(manifest["skipped_files"]) == 2
+
+    assert evaluate.cli(["--weights", str(tmp_path / "run"), "--data", str(sample_tree)]) == 0
+    assert "broken.jpg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("missing_class", "class folder missing"),
+    ("empty_class", "class folder has no images"),
+    ("missing_root", "data folder not found"),
+    ("unwritable_out", "output folder is not writable"),
+])
+def test_data_problems_give_one_clear_line(sample_tree, tmp_path, capsys, breakage, message):
+    import shutil
+
+    data, out = sample_tree, tmp_path / "run"
+    if breakage == "empty_class":
+        for f in (sample_tree / "hot_dog").iterdir():
+            f.unlink()
+    if breakage == "missing_class":
+        # Evaluation expects the model's classes; a split that lacks one must say so.
+        shutil.rmtree(sample_tree / "not_hot_dog")
+        code = evaluate.cli(["--weights", str(REPO / "weights"), "--data", str(data), "--out", str(tmp_path)])
+    else:
+        if breakage == "missing_root":
+            data = tmp_path / "nowhere"
+        if breakage == "unwritable_out":
+            (tmp_path / "a_file").write_text("x")
+            out = tmp_path / "a_file" / "run"
+        code = train.cli(["--data", str(data), "--out", str(out), "--epochs", "1", *TINY_TRAIN_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+
+
+def test_refuses_to_overwrite_a_run_without_resume(sample_tree, tmp_path, capsys):
+    args = ["--data", str(sample_tree), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY_TRAIN_ARGS]
+    assert train.cli(args) == 0
+    assert train.cli(args) == 2 and "--resume" in capsys.readouterr().err

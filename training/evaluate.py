@@ -1,0 +1,135 @@
+"""Evaluate a trained-model folder on an ImageFolder split: `python -m training.evaluate`.
+
+Images go through model_src.preprocess exactly as the TorchServe handler does. The decision rule is
+fixed in advance (argmax over the softmax) and is never tuned on the evaluated split.
+Writes eval_<split>.json (metrics), eval_<split>_predictions.jsonl (one line per image) and
+eval_<split>_confusion.png next to the weights, plus curves.png when the folder has metrics.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from model_src.bundle import BundleError, load_bundle
+from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_tensor
+from training.data import SHARED_DATA, DataError, scan_image_folder
+from training.plots import plot_confusion, plot_curves
+
+
+@torch.no_grad()
+def predict_files(model, spec: PreprocessSpec, paths: list[Path], batch_size: int = 64
+                  ) -> tuple[torch.Tensor, list[int], list[str]]:
+    """Softmax probabilities for readable images; returns (probs, kept indices, 'path: reason' skips)."""
+    probs, kept, skipped, batch = [], [], [], []
+
+    def flush():
+        if batch:
+            probs.append(torch.softmax(model(torch.stack(batch)).float(), dim=1))
+            batch.clear()
+
+    for i, path in enumerate(paths):
+        try:
+            batch.append(image_to_tensor(decode_image(Path(path).read_bytes(), spec.max_pixels), spec))
+            kept.append(i)
+        except (ImageError, OSError) as e:
+            skipped.append(f"{path}: {e}")
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    return (torch.cat(probs) if probs else torch.zeros(0, len(spec.labels))), kept, skipped
+
+
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    greater = (pos[:, None] > neg[None, :]).float().sum()
+    ties = (pos[:, None] == neg[None, :]).float().sum()
+    return ((greater + 0.5 * ties) / (len(pos) * len(neg))).item()
+
+
+def classification_report(y_true: torch.Tensor, probs: torch.Tensor, labels: tuple[str, ...]) -> dict:
+    """Accuracy, per-class precision/recall/F1, confusion matrix (rows = true) and ROC AUC, argmax rule."""
+    k = len(labels)
+    y_pred = probs.argmax(dim=1)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    for t, p in zip(y_true.tolist(), y_pred.tolist()):
+        confusion[t, p] += 1
+    per_class = {}
+    for c, name in enumerate(labels):
+        tp = confusion[c, c].item()
+        predicted, actual = confusion[:, c].sum().item(), confusion[c, :].sum().item()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    report = {
+        "n": len(y_true),
+        "accuracy": (y_pred == y_true).float().mean().item() if len(y_true) else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "decision_rule": "argmax",
+    }
+    if k == 2:  # AUC of the first class (hot_dog) against the rest
+        report["roc_auc"] = roc_auc(probs[:, 0], y_true == 0)
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="weights", help="trained-model folder (model.pt, preprocess.json, manifest.json)")
+    parser.add_argument("--data", default=str(SHARED_DATA / "test"), help="ImageFolder split to evaluate")
+    parser.add_argument("--out", help="output folder (default: the weights folder)")
+    parser.add_argument("--name", help="split name used in output file names (default: the data folder name)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    try:
+        model, spec, manifest = load_bundle(args.weights)
+    except BundleError as e:
+        raise DataError(str(e)) from None
+    data = Path(args.data)
+    samples, _ = scan_image_folder(data, spec.labels)
+    probs, kept, skipped = predict_files(model, spec, [s.path for s in samples], args.batch_size)
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image(s):", *skipped, sep="\n  ", file=sys.stderr)
+    if not kept:
+        raise DataError(f"no readable images in {data}")
+    y_true = torch.tensor([samples[i].label for i in kept])
+    report = classification_report(y_true, probs, spec.labels)
+    name = args.name or data.name
+    report.update(split=name, data=str(data), skipped=skipped, weights_sha256=manifest["weights_sha256"],
+                  input_size=spec.input_size)
+    out = Path(args.out or args.weights)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"eval_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    with (out / f"eval_{name}_predictions.jsonl").open("w") as f:
+        for row, i in enumerate(kept):
+            f.write(json.dumps({"file": str(samples[i].path.relative_to(data)), "true": spec.labels[samples[i].label],
+                                "pred": spec.labels[int(probs[row].argmax())],
+                                "probabilities": dict(zip(spec.labels, probs[row].tolist()))}) + "\n")
+    plot_confusion(report["confusion_matrix"], list(spec.labels), out / f"eval_{name}_confusion.png",
+                   f"{name}: accuracy {report['accuracy']:.3f}")
+    if (Path(args.weights) / "metrics.jsonl").exists():
+        plot_curves(Path(args.weights) / "metrics.jsonl", out / "curves.png")
+    print(json.dumps({k: report[k] for k in ("split", "n", "accuracy", "roc_auc") if k in report}))
+    return report
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point: a data problem is one clear line on stderr and exit code 2, not a traceback."""
+    try:
+        main(argv)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
