@@ -132,7 +132,7 @@ def load_cached(samples: list[Sample], resize_size: int, crop_size: int, max_pix
     images = torch.stack([results[i] for i in kept])
     labels = torch.tensor([samples[i].label for i in kept])
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")  # torchrun ranks may write the same cache at once
     torch.save({"images": images, "labels": labels, "kept": kept, "skipped": skipped}, tmp)
     os.replace(tmp, cache_file)
     return images, labels, kept, skipped

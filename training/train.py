@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -81,24 +83,67 @@ def training_clock(cfg: TrainConfig):
     return time.perf_counter
 
 
+class Dist:
+    """torchrun rank info; a plain run is rank 0 of 1. Only rank 0 writes files and evaluates."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, *values: float) -> list[float]:
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def from_main(self, value: float) -> float:
+        """Rank 0's value everywhere, so every rank agrees on the time-based schedule and when to stop."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.broadcast(t, 0)
+        return t.item()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg: TrainConfig, state: dict,
-                    epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at) -> dict:
+                    epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at, ranks: Dist
+                    ) -> dict:
     model.train()
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout / drop-path: same per epoch after a resume
-    perm = torch.randperm(len(images), generator=g)
+    # Seeds depend only on (seed, epoch, rank), so a resumed run replays the epochs it missed exactly.
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_000 + ranks.rank)
+    torch.manual_seed(cfg.seed * 100_003 + epoch * 1_000 + ranks.rank)  # dropout / drop-path
+    local_batch = cfg.batch_size // ranks.world
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     clock = training_clock(cfg)
     size = cfg.train_sizes[-1]
-    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, mininterval=2, file=sys.stderr)
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, mininterval=2, file=sys.stderr,
+               disable=not ranks.main)
     for step in bar:
         progress = min(1.0, max(state["step"] / total_steps,
                                 state["train_seconds"] / (cfg.time_budget_min * 60) if cfg.time_budget_min else 0))
         if progress >= 1.0 and cfg.time_budget_min:
             break
         size = cfg.train_sizes[min(len(cfg.train_sizes) - 1, int(progress * len(cfg.train_sizes)))]
-        idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size][ranks.rank * local_batch:][:local_batch]
         step_start = clock()
         x = augment(images[idx], size, g).to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
@@ -123,14 +168,15 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg:
         else:
             optimizer.step()
         if ema is not None:
-            ema.update_parameters(model)
+            ema.update_parameters(unwrap(model))
         state["step"] += 1
-        state["train_seconds"] += clock() - step_start
+        state["train_seconds"] = ranks.from_main(state["train_seconds"] + clock() - step_start)
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", size=size)
     elapsed = time.perf_counter() - t0
+    loss_sum, correct, seen = ranks.sum(loss_sum, correct, seen)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
             "train_size": size, "img_per_s": seen / max(elapsed, 1e-9), "lr": optimizer.param_groups[0]["lr"],
             "train_images": seen}
@@ -168,6 +214,9 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg)
+    ranks = Dist(device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
     ckpt_path = out / "checkpoint.pt"
     if not args.resume and ckpt_path.exists():
         raise DataError(f"{out} already holds a run; use --resume to continue it or choose another --out")
@@ -194,6 +243,7 @@ def main(argv: list[str] | None = None) -> Path:
         select_mask = torch.ones(len(val_sources), dtype=torch.bool)
     if len(train_x) < cfg.batch_size:
         cfg.batch_size = len(train_x)  # tiny data trees (tests): one batch per epoch
+    cfg.batch_size -= cfg.batch_size % ranks.world  # every rank takes an equal share of each batch
 
     # Model, optimiser, EMA.
     torch.manual_seed(cfg.seed)
@@ -208,7 +258,8 @@ def main(argv: list[str] | None = None) -> Path:
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
     autocast, scaler = autocast_for(cfg, device)
-    train_model = torch.compile(model) if cfg.compile else model
+    train_model = DistributedDataParallel(model) if ranks.world > 1 else model
+    train_model = torch.compile(train_model) if cfg.compile else train_model
     augment = TrainAugment(spec, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter,
                            erasing=cfg.random_erasing)
     lr_at = WarmupCosine(cfg.lr, cfg.warmup, cfg.schedule)
@@ -227,12 +278,13 @@ def main(argv: list[str] | None = None) -> Path:
             scaler.load_state_dict(ckpt["scaler"])
         state = ckpt["scheduler"]
         # Drop metric lines written after the checkpoint (a kill between the two writes).
-        if metrics_path.exists():
+        if ranks.main and metrics_path.exists():
             lines = [ln for ln in metrics_path.read_text().splitlines()
                      if ln and json.loads(ln)["epoch"] <= state["epoch"]]
             metrics_path.write_text("".join(ln + "\n" for ln in lines))
-        print(f"resumed {out} at epoch {state['epoch'] + 1}", file=sys.stderr)
-    else:
+        if ranks.main:
+            print(f"resumed {out} at epoch {state['epoch'] + 1}", file=sys.stderr)
+    elif ranks.main:
         (out / "config.yaml").write_text(cfg.to_yaml())
         spec.save(out)
         (out / "data_files.txt").write_text(
@@ -246,11 +298,17 @@ def main(argv: list[str] | None = None) -> Path:
             break
         epoch_start = time.perf_counter()
         row = train_one_epoch(train_model, ema, optimizer, scaler, augment, train_x, train_y, cfg, state,
-                              epoch, device, autocast, steps_per_epoch, total_steps, lr_at)
+                              epoch, device, autocast, steps_per_epoch, total_steps, lr_at, ranks)
         budget_done = bool(cfg.time_budget_min) and state["train_seconds"] >= cfg.time_budget_min * 60
         last = epoch == cfg.epochs or budget_done
         row.update(epoch=epoch, epoch_seconds=time.perf_counter() - epoch_start,
                    train_minutes=state["train_seconds"] / 60)
+        ranks.barrier()
+        state["epoch"] = epoch
+        if not ranks.main:
+            if budget_done:
+                break
+            continue
         if epoch % cfg.eval_every == 0 or last:
             val_loss, hits = evaluate(eval_model, val_x, val_y, spec, device)
             row.update(val_loss=val_loss, val_acc=hits.float().mean().item())
@@ -262,7 +320,6 @@ def main(argv: list[str] | None = None) -> Path:
                 state["best"], state["best_epoch"] = score, epoch
                 atomic_save(eval_model.state_dict(), out / "model.pt")
         row["peak_rss_mib"] = peak_rss_mib()
-        state["epoch"] = epoch
         atomic_save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "scheduler": state, "epoch": epoch, "config": json.loads(json.dumps(vars(cfg)))},
@@ -274,6 +331,11 @@ def main(argv: list[str] | None = None) -> Path:
         if budget_done:
             break
 
+    ranks.barrier()
+    if ranks.world > 1:
+        dist.destroy_process_group()
+    if not ranks.main:
+        return out
     manifest = {
         "arch": arch,
         "weights": "model.pt",
