@@ -7,7 +7,7 @@ TEST_DATA ?= ../shared/data/hotdog/test
 RUN ?= runs/latest
 WEIGHTS ?= weights
 
-.PHONY: setup train eval test clean
+.PHONY: setup train ship eval bench-train test clean
 
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -19,6 +19,17 @@ setup: .venv/.installed
 # Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`.
 train: setup
 	$(PY) -m training.train --config training/configs/hotdog.yaml --data $(DATA) --out $(RUN)
+
+# Make a finished run the shipped model (then `make eval` writes its test report beside it).
+SHIPPED_FILES := model.pt preprocess.json manifest.json config.yaml metrics.jsonl curves.png data_files.txt
+ship:
+	@test -f $(RUN)/manifest.json || { echo "error: $(RUN) is not a finished run (no manifest.json)" >&2; exit 2; }
+	rm -f $(WEIGHTS)/*
+	cp $(addprefix $(RUN)/,$(SHIPPED_FILES)) $(WEIGHTS)/
+
+# Time to accuracy, seed recipe vs ours, same budget and data, one after the other (about 70 min).
+bench-train: setup
+	$(PY) -m training.bench_train --data $(DATA) --test-data $(TEST_DATA)
 
 # Evaluate weights (default: the shipped ones) on the test split; writes JSON + PNGs beside them.
 eval: setup
