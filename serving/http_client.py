@@ -33,7 +33,9 @@ def predict_bytes(image: bytes, url: str, key: str, model: str = MODEL_NAME,
 
 def predict_file(path: str | Path, cfg: ServeConfig, workdir: str | Path = REPO) -> tuple[int, dict]:
     path = Path(path)
-    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    # Only an image type is passed on: TorchServe hands text/* and JSON bodies to the handler decoded.
+    guessed = mimetypes.guess_type(path.name)[0] or ""
+    content_type = guessed if guessed.startswith("image/") else "application/octet-stream"
     return predict_bytes(path.read_bytes(), cfg.inference_url, read_keys(workdir)["inference"],
                          content_type=content_type)
 
