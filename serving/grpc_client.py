@@ -17,7 +17,11 @@ from serving.grpc_stubs import import_stubs
 
 
 def predict_bytes(image: bytes, target: str, key: str, model: str = MODEL_NAME, timeout: float = 60.0) -> dict:
-    """One Predictions RPC; returns the handler's JSON answer, raises grpc.RpcError on failure."""
+    """One Predictions RPC; returns the handler's JSON answer, raises grpc.RpcError on failure.
+
+    TorchServe's gRPC API does not carry the handler's per-request status: an unusable image comes
+    back as an OK RPC whose answer is the error JSON, {"error": ..., "status": 4xx}.
+    """
     inference_pb2, inference_pb2_grpc, _, _ = import_stubs()
     with grpc.insecure_channel(target) as channel:
         stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.image}: gRPC {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
     print(f"{args.image}: {json.dumps(answer)}")
-    return 0
+    return 1 if "error" in answer else 0
 
 
 if __name__ == "__main__":
