@@ -14,12 +14,14 @@ import base64
 import binascii
 import json
 import logging
+import os
 import time
 
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+import model_src
 from model_src.bundle import load_bundle
 from model_src.preprocess import ImageError, decode_image, image_to_tensor
 
@@ -86,8 +88,10 @@ class HotdogHandler(BaseHandler):
         if HOTDOG_LABEL not in self.labels:
             raise RuntimeError(f"model labels {self.labels} have no {HOTDOG_LABEL!r} class")
         self.initialized = True
-        logger.info("hotdog model %s loaded on %s, input %d px, labels %s",
-                    self.model_version, self.device, self.spec.input_size, self.labels)
+        # Where model_src came from: the unpacked archive, unless something shadows it on sys.path.
+        logger.info("hotdog model %s loaded on %s, input %d px, labels %s, code from %s",
+                    self.model_version, self.device, self.spec.input_size, self.labels,
+                    os.path.dirname(os.path.dirname(model_src.__file__)))
 
     # Metric names, types and dimensions (ModelName, Level; TorchServe adds them) match the
     # declarations in serve_config/metrics.yaml: the Prometheus endpoint shows only declared metrics.

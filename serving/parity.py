@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import requests
 import torch
 
 from model_src.bundle import load_bundle
-from serving.config import CONFIG, REPO, ServeConfig, ServeError, read_keys
+from serving.config import CONFIG, MODEL_NAME, REPO, ServeConfig, ServeError, read_keys
 from serving.http_client import predict_bytes
 from training.data import SHARED_DATA, DataError, scan_image_folder
 from training.evaluate import predict_files
@@ -43,12 +44,24 @@ def served_probabilities(paths: list[Path], cfg: ServeConfig, key: str, labels: 
     return answers, time.perf_counter() - start
 
 
+def batch_counters(cfg: ServeConfig) -> tuple[float, float]:
+    """(batches, requests) the handler has seen so far, from the Prometheus endpoint."""
+    text = requests.get(f"{cfg.metrics_url}/metrics", timeout=30).text
+    values = {}
+    for part in ("count", "sum"):
+        match = re.search(rf'^HotdogBatchSize_{part}{{ModelName="{MODEL_NAME}".*}} ([0-9.eE+-]+)$', text, re.M)
+        values[part] = float(match[1]) if match else 0.0
+    return values["count"], values["sum"]
+
+
 def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency: int = 8) -> dict:
     model, spec, manifest = load_bundle(weights)
     samples, _ = scan_image_folder(data, spec.labels)
     paths = [s.path for s in samples]
     offline, kept, skipped = predict_files(model, spec, paths)
+    batches_before, requests_before = batch_counters(cfg)
     answers, seconds = served_probabilities(paths, cfg, read_keys(workdir)["inference"], spec.labels, concurrency)
+    batches_after, requests_after = batch_counters(cfg)
 
     version = manifest["weights_sha256"][:12]
     served_versions = {a["model_version"] for a in answers if isinstance(a, dict)}
@@ -84,6 +97,8 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
         "offline_skipped": skipped,
         "concurrency": concurrency,
         "served_images_per_s": len(paths) / seconds,
+        "mean_batch_size": ((requests_after - requests_before) / (batches_after - batches_before)
+                            if batches_after > batches_before else None),
     }
     report["pass"] = (not served_errors and len(skipped) == 0 and report["label_agreement"] == 1.0
                       and max_dp <= TOLERANCE)
@@ -112,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("images", "label_agreement", "max_abs_prob_diff",
-                                             "served_accuracy", "offline_accuracy", "served_images_per_s", "pass")}))
+                                             "served_accuracy", "offline_accuracy", "served_images_per_s",
+                                             "mean_batch_size", "pass")}))
     print(f"wrote {out}")
     return 0 if report["pass"] else 1
 

@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  inference  {cfg.inference_url}/predictions/{MODEL_NAME}\n"
           f"  gRPC       {cfg.grpc_inference_target}\n"
           f"  metrics    {cfg.metrics_url}/metrics\n"
-          f"  keys       {Path(args.workdir) / KEY_FILE}  (Authorization: Bearer <inference key>)\n"
-          f"  logs       {Path(args.workdir) / 'logs'}")
+          f"  keys       {server.workdir / KEY_FILE}  (Authorization: Bearer <inference key>)\n"
+          f"  logs       {server.workdir / 'logs'}")
     return 0
 
 
