@@ -7,7 +7,7 @@ TEST_DATA ?= ../shared/data/hotdog/test
 RUN ?= runs/latest
 WEIGHTS ?= weights
 
-.PHONY: setup train ship eval bench-train test clean
+.PHONY: setup train ship eval bench-train test clean mar grpc-stubs serve stop predict predict-grpc serve-parity
 
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -35,8 +35,50 @@ bench-train: setup
 eval: setup
 	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(TEST_DATA)
 
-test: setup
+test: setup mar grpc-stubs
 	$(PY) -m pytest -q tests
 
+# --- Serving (TorchServe) ---------------------------------------------------------------------
+# hotdog.mar is rebuilt whenever the shipped weights, the handler, model_src or the model config change.
+MAR := model_store/hotdog.mar
+MAR_INPUTS := $(addprefix $(WEIGHTS)/,model.pt preprocess.json manifest.json) handlers/hotdog_handler.py \
+	$(wildcard model_src/*.py) serve_config/model-config.yaml serving/archive.py
+mar: $(MAR)
+$(MAR): $(MAR_INPUTS) | setup
+	$(PY) -m serving.archive --weights $(WEIGHTS)
+
+# gRPC stubs generated from the .proto files inside the installed TorchServe (never copied here).
+GRPC_STUBS := build/grpc/inference_pb2_grpc.py
+grpc-stubs: $(GRPC_STUBS)
+$(GRPC_STUBS): pyproject.toml serving/grpc_stubs.py | setup
+	$(PY) -m serving.grpc_stubs
+
+SAMPLE_IMG := $(firstword $(wildcard tests/data/sample/hot_dog/*.jpg))
+# A second server elsewhere: make serve SERVE_CONFIG=other.properties SERVE_WORKDIR=dir SERVE_TMPDIR=dir
+SERVE_CONFIG ?= serve_config/config.properties
+SERVE_WORKDIR ?= .
+SERVE_TMPDIR ?= .serve/tmp
+CLIENT_ARGS = --config $(SERVE_CONFIG) --workdir $(SERVE_WORKDIR)
+
+# Start TorchServe on hotdog.mar, wait until the model is READY, then answer one prediction.
+serve: mar
+	$(PY) -m serving.server start $(CLIENT_ARGS) --tmpdir $(SERVE_TMPDIR)
+	$(PY) -m serving.http_client $(SAMPLE_IMG) $(CLIENT_ARGS)
+
+stop: setup
+	$(PY) -m serving.server stop --workdir $(SERVE_WORKDIR) --tmpdir $(SERVE_TMPDIR)
+
+predict: setup
+	@test -n "$(IMG)" || { echo "usage: make predict IMG=path/to/photo.jpg" >&2; exit 2; }
+	$(PY) -m serving.http_client $(IMG) $(CLIENT_ARGS)
+
+predict-grpc: grpc-stubs
+	@test -n "$(IMG)" || { echo "usage: make predict-grpc IMG=path/to/photo.jpg" >&2; exit 2; }
+	$(PY) -m serving.grpc_client $(IMG) $(CLIENT_ARGS)
+
+# Every test/ image through the running server vs offline evaluation -> reports/serve_parity.json.
+serve-parity: setup
+	$(PY) -m serving.parity --data $(TEST_DATA) --weights $(WEIGHTS) --out reports/serve_parity.json $(CLIENT_ARGS)
+
 clean:
-	rm -rf runs .cache model_store logs .pytest_cache
+	rm -rf runs .cache model_store logs .pytest_cache build .serve

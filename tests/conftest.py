@@ -32,3 +32,51 @@ def _isolated_cache(tmp_path, monkeypatch):
     import training.data
 
     monkeypatch.setattr(training.data, "CACHE_DIR", tmp_path / "cache")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports the OS reports free right now (all held open together, so no repeats)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def serve_config_copy(folder: Path):
+    """serve_config/config.properties written to `folder` with free ports: a server of its own."""
+    from serving.config import ServeConfig
+
+    cfg = ServeConfig.load()
+    return cfg.write_copy(folder / "config.properties", dict(zip(cfg.listen_ports(), free_ports(5))))
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory):
+    """A real TorchServe on model_store/hotdog.mar (`make mar`), free ports, own working dir and
+    TMPDIR (so stopping it never touches a user's server), READY before the first test; always stopped.
+    Yields serving.server.Server: .cfg (URLs/ports), .keys (from its key_file.json), .workdir (logs/)."""
+    from serving import server
+    from serving.archive import mar_inputs
+    from serving.config import MAR
+
+    if not MAR.exists():
+        pytest.fail(f"{MAR} is missing: run the tests with `make test` (it builds the archive)")
+    stale = [p.name for p in mar_inputs() if p.stat().st_mtime > MAR.stat().st_mtime]
+    if stale:
+        pytest.fail(f"{MAR} is older than {', '.join(stale)}: run `make mar` (or `make test`)")
+    base = tmp_path_factory.mktemp("torchserve")
+    workdir, tmpdir = base / "work", base / "tmp"
+    workdir.mkdir()
+    srv = server.start(serve_config_copy(base), workdir, tmpdir, MAR, timeout=180)
+    try:
+        yield srv
+    finally:
+        server.stop(workdir, tmpdir)

@@ -1,0 +1,166 @@
+"""TorchServe handler for hotdog.mar: one image per request, a whole batch in one forward.
+
+Each request carries one image as raw bytes in the body, as a multipart form field, or as base64
+in JSON (`{"data": "<b64>"}` or `{"image": "<b64>"}`, a `data:image/...;base64,` URL works too).
+Decoding and preprocessing come from model_src.preprocess, the same code evaluation uses, and the
+model is loaded through model_src.bundle (sha256-checked, weights_only). A request whose image
+cannot be used gets its own 4xx status and a JSON error; the rest of the batch is answered normally.
+
+This module defines exactly one class: TorchServe's loader instantiates the only class it finds.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+
+import torch
+from ts.metrics.metric_type_enum import MetricTypes
+from ts.torch_handler.base_handler import BaseHandler
+
+import model_src
+from model_src.bundle import load_bundle
+from model_src.preprocess import ImageError, decode_image, image_to_tensor
+
+logger = logging.getLogger(__name__)
+
+# Field names tried first for the image; any other single field (multipart) is accepted as well.
+IMAGE_FIELDS = ("data", "body", "image", "file")
+HOTDOG_LABEL = "hot_dog"
+BATCH_HEADER = "X-Batch-Size"
+
+
+def _payload(row: dict):
+    """The one image-carrying value of a request row, as TorchServe's backend decoded it."""
+    for name in IMAGE_FIELDS:
+        if name in row:
+            return row[name]
+    if len(row) == 1:
+        return next(iter(row.values()))
+    if not row:
+        raise ImageError("empty input: no image received")
+    raise ImageError(f"expected one image field (one of {', '.join(IMAGE_FIELDS)}), got {sorted(row)}")
+
+
+def _b64(text: str) -> bytes:
+    if text.startswith("data:"):  # data URL straight from a browser's FileReader
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("invalid base64 in the request: send the image bytes base64-encoded") from None
+
+
+def request_bytes(row: dict) -> bytes:
+    """Image bytes of one request: raw body / multipart field, or base64 inside JSON or text."""
+    value = _payload(row)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):  # text/plain body: base64
+        return _b64(value)
+    if isinstance(value, dict):  # application/json, already parsed by TorchServe
+        for key in ("data", "image"):
+            if isinstance(value.get(key), str):
+                return _b64(value[key])
+        raise ImageError('JSON body must be {"data": "<base64 image>"} or {"image": "<base64 image>"}')
+    raise ImageError(f"unsupported request body ({type(value).__name__}): send image bytes, "
+                     "a multipart file field or JSON with base64")
+
+
+class HotdogHandler(BaseHandler):
+    def initialize(self, context):
+        props = context.system_properties
+        gpu_id = props.get("gpu_id")
+        if torch.cuda.is_available() and gpu_id is not None:
+            self.device = torch.device(f"cuda:{gpu_id}")
+        else:
+            self.device = torch.device("cpu")
+        self.manifest = context.manifest
+        model_dir = props.get("model_dir")
+        # The archive holds the same weights folder layout as weights/: model.pt, preprocess.json,
+        # manifest.json, so the server loads exactly what evaluation loads (and checks its sha256).
+        self.model, self.spec, self.bundle_manifest = load_bundle(model_dir, self.device)
+        self.labels = list(self.spec.labels)
+        self.model_version = self.bundle_manifest["weights_sha256"][:12]
+        if HOTDOG_LABEL not in self.labels:
+            raise RuntimeError(f"model labels {self.labels} have no {HOTDOG_LABEL!r} class")
+        self.initialized = True
+        # Where model_src came from: the unpacked archive, unless something shadows it on sys.path.
+        logger.info("hotdog model %s loaded on %s, input %d px, labels %s, code from %s",
+                    self.model_version, self.device, self.spec.input_size, self.labels,
+                    os.path.dirname(os.path.dirname(model_src.__file__)))
+
+    # Metric names, types and dimensions (ModelName, Level; TorchServe adds them) match the
+    # declarations in serve_config/metrics.yaml: the Prometheus endpoint shows only declared metrics.
+    def _add_ms(self, name: str, start: float) -> None:
+        self.context.metrics.add_metric(name, round((time.perf_counter() - start) * 1000, 3), "ms",
+                                        metric_type=MetricTypes.GAUGE)
+
+    def preprocess(self, data):
+        """Per request: a normalized tensor, or the ImageError that request will be answered with."""
+        self.context.metrics.add_metric("HotdogBatchSize", len(data), "count",
+                                        metric_type=MetricTypes.HISTOGRAM)
+        start = time.perf_counter()
+        images = []
+        for row in data:
+            try:
+                images.append(decode_image(request_bytes(row), self.spec.max_pixels))
+            except ImageError as e:
+                images.append(e)
+            except Exception as e:  # noqa: BLE001 - one odd input must never take the batch down
+                logger.exception("unexpected error decoding a request")
+                images.append(ImageError(f"unreadable image: {e}"))
+        self._add_ms("HotdogDecodeMs", start)
+
+        start = time.perf_counter()
+        items = []
+        for img in images:
+            if isinstance(img, ImageError):
+                items.append(img)
+                continue
+            try:
+                items.append(image_to_tensor(img, self.spec))
+            except Exception as e:  # noqa: BLE001 - e.g. a corrupt tail that PIL reads only now
+                logger.exception("unexpected error preprocessing a request")
+                items.append(ImageError(f"corrupt image: {e}"))
+        self._add_ms("HotdogPreprocessMs", start)
+        return items
+
+    @torch.inference_mode()
+    def inference(self, data, *args, **kwargs):
+        """One forward for every good item of the batch; bad items pass through untouched."""
+        start = time.perf_counter()
+        good = [i for i, item in enumerate(data) if isinstance(item, torch.Tensor)]
+        results = list(data)
+        if good:
+            batch = torch.stack([data[i] for i in good]).to(self.device)
+            probs = torch.softmax(self.model(batch).float(), dim=1).cpu()
+            for row, i in enumerate(good):
+                results[i] = probs[row]
+        self._add_ms("HotdogInferenceMs", start)
+        return results
+
+    def postprocess(self, data):
+        answers = []
+        for idx, item in enumerate(data):
+            self.context.set_response_content_type(idx, "application/json")
+            # How many requests shared this forward: shows a client (and the tests) that batching works.
+            self.context.set_response_header(idx, BATCH_HEADER, str(len(data)))
+            if isinstance(item, ImageError):
+                message = str(item)
+                self.context.set_response_status(item.status, message, idx=idx)
+                answers.append(json.dumps({"error": message, "status": item.status}))
+                continue
+            p = item.tolist()
+            best = max(range(len(p)), key=p.__getitem__)
+            answers.append(json.dumps({
+                "label": self.labels[best],
+                "is_hotdog": self.labels[best] == HOTDOG_LABEL,
+                "confidence": p[best],
+                "probabilities": dict(zip(self.labels, p)),
+                "model_version": self.model_version,
+            }))
+        return answers

@@ -1,0 +1,86 @@
+"""Build model_store/hotdog.mar from a weights folder: `python -m serving.archive` (make mar).
+
+The archive holds the weights folder as evaluation reads it (model.pt, preprocess.json,
+manifest.json), the model_src package (model + preprocessing, torch-only), the handler,
+index_to_name.json (the labels, for TorchServe's tooling) and serve_config/model-config.yaml.
+The archive's version is the weights' sha256 prefix, the same `model_version` the handler answers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from model_src.bundle import BundleError, read_manifest
+from model_src.preprocess import SPEC_FILE, PreprocessSpec
+from serving.config import MODEL_NAME, MODEL_STORE, REPO, ServeError
+
+HANDLER = REPO / "handlers" / "hotdog_handler.py"
+MODEL_CONFIG = REPO / "serve_config" / "model-config.yaml"
+# Only what the handler imports; training code never ships in the archive.
+MODEL_SRC_FILES = ("__init__.py", "resnn.py", "preprocess.py", "bundle.py")
+
+
+def mar_inputs(weights: Path = REPO / "weights") -> list[Path]:
+    """Files whose change makes an archive stale (the Makefile's MAR_INPUTS, for the tests' check)."""
+    weights = Path(weights)
+    return [weights / "model.pt", weights / SPEC_FILE, weights / "manifest.json", HANDLER, MODEL_CONFIG,
+            *(REPO / "model_src" / f for f in MODEL_SRC_FILES)]
+
+
+def build_mar(weights: Path, store: Path = MODEL_STORE, name: str = MODEL_NAME) -> Path:
+    weights = Path(weights)
+    try:
+        manifest = read_manifest(weights)
+    except BundleError as e:
+        raise ServeError(str(e)) from None
+    spec = PreprocessSpec.load(weights)
+    model_pt = weights / manifest.get("weights", "model.pt")
+    if not model_pt.exists():
+        raise ServeError(f"weights file missing: {model_pt}")
+    archiver = Path(sys.executable).parent / "torch-model-archiver"
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hotdog-mar-") as tmp:
+        # torch-model-archiver copies an --extra-files folder's children to the archive root, so
+        # the staging folder holds exactly the archive's extra files (and no __pycache__).
+        extra = Path(tmp) / "extra"
+        (extra / "model_src").mkdir(parents=True)
+        for f in MODEL_SRC_FILES:
+            shutil.copy2(REPO / "model_src" / f, extra / "model_src" / f)
+        shutil.copy2(weights / SPEC_FILE, extra / SPEC_FILE)
+        shutil.copy2(weights / "manifest.json", extra / "manifest.json")
+        (extra / "index_to_name.json").write_text(
+            json.dumps({str(i): label for i, label in enumerate(spec.labels)}, indent=2) + "\n")
+        cmd = [str(archiver), "--model-name", name, "--version", manifest["weights_sha256"][:12],
+               "--model-file", str(REPO / "model_src" / "resnn.py"),
+               "--serialized-file", str(model_pt),
+               "--handler", str(HANDLER),
+               "--extra-files", str(extra),
+               "--config-file", str(MODEL_CONFIG),
+               "--export-path", str(store), "--force"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ServeError(f"torch-model-archiver failed ({done.returncode}):\n{done.stderr or done.stdout}")
+    return store / f"{name}.mar"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=str(REPO / "weights"), help="trained-model folder")
+    parser.add_argument("--store", default=str(MODEL_STORE), help="model store folder")
+    args = parser.parse_args(argv)
+    try:
+        mar = build_mar(Path(args.weights), Path(args.store))
+    except ServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {mar.relative_to(REPO) if mar.is_relative_to(REPO) else mar} ({mar.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

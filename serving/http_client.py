@@ -1,0 +1,64 @@
+"""Ask the running server about one photo over HTTP: `python -m serving.http_client IMG` (make predict).
+
+The inference key is read from key_file.json in the directory TorchServe was started in (the repo
+root for `make serve`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import sys
+from pathlib import Path
+
+import requests
+
+from serving.config import CONFIG, MODEL_NAME, REPO, ServeConfig, ServeError, read_keys
+
+
+def predict_bytes(image: bytes, url: str, key: str, model: str = MODEL_NAME,
+                  content_type: str = "application/octet-stream", timeout: float = 60.0,
+                  session: requests.Session | None = None) -> tuple[int, dict]:
+    """POST the raw image bytes; returns (HTTP status, JSON answer)."""
+    # An explicit binary content type: without one, clients default to form encoding, which
+    # TorchServe tries to parse as form fields.
+    r = (session or requests).post(f"{url}/predictions/{model}", data=image, timeout=timeout,
+                                   headers={"Authorization": f"Bearer {key}", "Content-Type": content_type})
+    try:
+        body = r.json()
+    except ValueError:
+        body = {"error": r.text, "status": r.status_code}
+    return r.status_code, body
+
+
+def predict_file(path: str | Path, cfg: ServeConfig, workdir: str | Path = REPO) -> tuple[int, dict]:
+    path = Path(path)
+    # Only an image type is passed on: TorchServe hands text/* and JSON bodies to the handler decoded.
+    guessed = mimetypes.guess_type(path.name)[0] or ""
+    content_type = guessed if guessed.startswith("image/") else "application/octet-stream"
+    return predict_bytes(path.read_bytes(), cfg.inference_url, read_keys(workdir)["inference"],
+                         content_type=content_type)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image", help="photo to classify (JPEG, PNG, WebP, BMP, GIF)")
+    parser.add_argument("--config", default=str(CONFIG))
+    parser.add_argument("--workdir", default=str(REPO), help="where the server wrote key_file.json")
+    args = parser.parse_args(argv)
+    try:
+        if not Path(args.image).is_file():
+            raise ServeError(f"no such image: {args.image}")
+        status, body = predict_file(args.image, ServeConfig.load(args.config), args.workdir)
+    except ServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except requests.ConnectionError:
+        print("error: TorchServe is not answering: start it with `make serve`", file=sys.stderr)
+        return 2
+    print(f"{args.image}: {json.dumps(body)}")
+    return 0 if status == 200 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

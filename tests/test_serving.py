@@ -1,0 +1,227 @@
+"""A real TorchServe serving model_store/hotdog.mar (session fixture `torchserve` in conftest.py)."""
+import base64
+import os
+import re
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+import requests
+import torch
+
+import imagegen
+from conftest import REPO, SAMPLE, serve_config_copy
+from model_src.bundle import load_bundle
+from model_src.preprocess import bytes_to_tensor
+from serving import grpc_client, server
+from serving.config import MAR, read_keys
+from training.evaluate import predict_files
+
+SAMPLES = sorted(SAMPLE.glob("*/*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def eager():
+    model, spec, manifest = load_bundle(REPO / "weights")
+    return model, spec, manifest
+
+
+def post(ts, data=None, content_type="application/octet-stream", headers=None, **kw):
+    headers = {**ts.inference_headers(), "Content-Type": content_type, **(headers or {})}
+    if "files" in kw or "json" in kw:
+        headers.pop("Content-Type")
+    return requests.post(f"{ts.cfg.inference_url}/predictions/hotdog", data=data, headers=headers,
+                         timeout=60, **kw)
+
+
+def expected_probs(eager, data: bytes) -> dict:
+    model, spec, _ = eager
+    with torch.no_grad():
+        p = torch.softmax(model(bytes_to_tensor(data, spec)[None]), dim=1)[0].tolist()
+    return dict(zip(spec.labels, p))
+
+
+def assert_prediction(body, probs: dict, eager):
+    assert body["probabilities"] == pytest.approx(probs, abs=1e-5)
+    label = max(probs, key=probs.get)
+    assert body["label"] == label and body["is_hotdog"] == (label == "hot_dog")
+    assert body["confidence"] == pytest.approx(probs[label], abs=1e-5)
+    assert body["model_version"] == eager[2]["weights_sha256"][:12]
+
+
+def concurrently(fn, items):
+    """Call fn on every item at the same moment (threads released together), in order."""
+    barrier = threading.Barrier(len(items))
+
+    def run(item):
+        barrier.wait()
+        return fn(item)
+
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(run, items))
+
+
+def worker_pids(ts):
+    r = requests.get(f"{ts.cfg.management_url}/models/hotdog", headers=ts.management_headers(), timeout=10)
+    r.raise_for_status()
+    return [w["pid"] for w in r.json()[0]["workers"]]
+
+
+@pytest.mark.parametrize("fmt", list(imagegen.format_variants()))
+def test_http_predicts_every_format(torchserve, eager, fmt):
+    data = imagegen.format_variants()[fmt]
+    r = post(torchserve, data)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert_prediction(r.json(), expected_probs(eager, data), eager)
+
+
+def test_multipart_and_base64_json(torchserve, eager):
+    jpeg = SAMPLES[0].read_bytes()
+    b64 = base64.b64encode(jpeg).decode()
+    probs = expected_probs(eager, jpeg)
+    for r in (post(torchserve, files={"file": ("photo.jpg", jpeg, "image/jpeg")}),
+              post(torchserve, json={"data": b64}),
+              post(torchserve, json={"image": "data:image/jpeg;base64," + b64})):
+        assert r.status_code == 200, r.text
+        assert_prediction(r.json(), probs, eager)
+
+
+def test_concurrent_batch_with_bad_items(torchserve, eager):
+    bad = imagegen.bad_inputs(eager[1].max_pixels)
+    good = [p.read_bytes() for p in SAMPLES[:8]]
+    # Bad items in the middle of the burst, so they land in batches with good ones.
+    items = good[:4] + [data for data, _ in bad.values()] + good[4:]
+    statuses = {data: status for data, status in bad.values()}
+    pids = worker_pids(torchserve)
+    for _attempt in range(3):
+        responses = concurrently(lambda data: post(torchserve, data), items)
+        mixed = False
+        for data, r in zip(items, responses):
+            body = r.json()
+            if data in statuses:
+                assert r.status_code == statuses[data], body
+                assert body["status"] == statuses[data] and body["error"]
+                # A batch with more requests than there are bad ones must have held good ones too.
+                mixed |= int(r.headers["X-Batch-Size"]) > len(bad)
+            else:
+                assert r.status_code == 200, body
+                assert_prediction(body, expected_probs(eager, data), eager)
+        if mixed:
+            break
+    assert mixed, "no bad item shared a batch with good ones in 3 concurrent bursts"
+    # The worker survived and still answers.
+    r = post(torchserve, good[0])
+    assert r.status_code == 200 and worker_pids(torchserve) == pids
+
+
+def test_served_equals_offline_evaluation(torchserve, eager):
+    model, spec, _ = eager
+    offline, kept, skipped = predict_files(model, spec, SAMPLES)
+    assert kept == list(range(len(SAMPLES))) and not skipped
+    responses = concurrently(lambda p: post(torchserve, p.read_bytes(), "image/jpeg"), SAMPLES)
+    for path, r, probs in zip(SAMPLES, responses, offline.tolist()):
+        assert r.status_code == 200, (path, r.text)
+        body = r.json()
+        assert body["label"] == spec.labels[max(range(len(probs)), key=probs.__getitem__)]
+        assert [body["probabilities"][c] for c in spec.labels] == pytest.approx(probs, abs=1e-5), path
+
+
+def test_grpc_predict(torchserve, eager):
+    key = torchserve.keys["inference"]
+    target = torchserve.cfg.grpc_inference_target
+    jpeg = SAMPLES[-1].read_bytes()
+    assert_prediction(grpc_client.predict_bytes(jpeg, target, key), expected_probs(eager, jpeg), eager)
+    # The gRPC API has no per-request status: the handler's error JSON is the answer.
+    answer = grpc_client.predict_bytes(b"not an image", target, key)
+    assert answer["status"] == 415 and "not an image" in answer["error"]
+    with pytest.raises(grpc.RpcError) as no_key:
+        grpc_client.predict_bytes(jpeg, target, "wrong-key")
+    assert "Token Authorization failed" in no_key.value.details()
+
+
+def test_requests_without_the_token_are_refused(torchserve):
+    jpeg = SAMPLES[0].read_bytes()
+    url = f"{torchserve.cfg.inference_url}/predictions/hotdog"
+    for headers in ({}, {"Authorization": "Bearer not-the-key"},
+                    {"Authorization": f"Bearer {torchserve.keys['management']}"}):
+        r = requests.post(url, data=jpeg, headers={"Content-Type": "image/jpeg", **headers}, timeout=30)
+        # TorchServe 0.12 answers a failed token check with 400 (InvalidKeyException).
+        assert r.status_code in (400, 401) and "Token Authorization failed" in r.json()["message"]
+    r = requests.get(f"{torchserve.cfg.management_url}/models", timeout=30)
+    assert r.status_code in (400, 401)
+
+
+def test_model_registration_api_is_off(torchserve):
+    mgmt, headers = torchserve.cfg.management_url, torchserve.management_headers()
+    assert requests.post(f"{mgmt}/models", params={"url": "hotdog.mar", "model_name": "other"},
+                         headers=headers, timeout=30).status_code == 405
+    assert requests.delete(f"{mgmt}/models/hotdog", headers=headers, timeout=30).status_code == 405
+    models = requests.get(f"{mgmt}/models", headers=headers, timeout=30).json()["models"]
+    assert [m["modelName"] for m in models] == ["hotdog"]
+
+
+def test_prometheus_shows_handler_metrics_and_batches(torchserve):
+    concurrently(lambda p: post(torchserve, p.read_bytes()), SAMPLES[:8])
+    text = requests.get(f"{torchserve.cfg.metrics_url}/metrics", timeout=30).text
+    for name in ("HotdogDecodeMs", "HotdogPreprocessMs", "HotdogInferenceMs"):
+        assert re.search(rf'^{name}{{ModelName="hotdog",.*}} [0-9.]+$', text, re.M), name
+
+    def value(pattern):
+        return float(re.search(rf'^HotdogBatchSize_{pattern}{{ModelName="hotdog".*}} ([0-9.]+)$', text, re.M)[1])
+
+    count, total = value("count"), value("sum")
+    single = float(re.search(r'^HotdogBatchSize_bucket{ModelName="hotdog".*le="1.0",} ([0-9.]+)$', text, re.M)[1])
+    assert count > 0 and single < count and total > count  # some batches held more than one request
+
+
+def run_make(*args, env=None):
+    return subprocess.run(["make", "-s", "-C", str(REPO), *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_make_serve_and_stop(tmp_path):
+    cfg = serve_config_copy(tmp_path)
+    where = [f"SERVE_CONFIG={cfg.path}", f"SERVE_WORKDIR={tmp_path / 'work'}", f"SERVE_TMPDIR={tmp_path / 'tmp'}"]
+    (tmp_path / "work").mkdir()
+    host, port = cfg.listen_ports()["gRPC inference"]
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind((host, port))
+        squatter.listen()
+        done = run_make("serve", *where)
+        assert done.returncode != 0
+        assert f"port already in use: {port} (gRPC inference" in done.stderr
+        assert not (tmp_path / "tmp" / server.PID_FILE).exists()
+    try:
+        done = run_make("serve", *where)
+        assert done.returncode == 0, done.stderr
+        assert "READY" in done.stdout and '"label": ' in done.stdout
+        pid = int((tmp_path / "tmp" / server.PID_FILE).read_text())
+        assert read_keys(tmp_path / "work")["inference"]
+        again = run_make("serve", *where)
+        assert again.returncode != 0 and "already running" in again.stderr
+    finally:
+        stopped = run_make("stop", *where)
+    assert stopped.returncode == 0 and "TorchServe stopped." in stopped.stdout
+    assert not server._pid_alive(pid) and not (tmp_path / "work" / "key_file.json").exists()
+    assert "not running" in run_make("stop", *where).stdout
+
+
+def test_missing_java_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(tmp_path)  # no java on it
+    cfg = serve_config_copy(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "serving.server", "start", "--config", str(cfg.path),
+                           "--workdir", str(tmp_path), "--tmpdir", str(tmp_path / "tmp"), "--mar", str(MAR)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Java not found" in done.stderr and "Java 17" in done.stderr
+    env["JAVA_HOME"] = str(tmp_path / "no-such-jdk")
+    done = subprocess.run([sys.executable, "-m", "serving.server", "start", "--config", str(cfg.path),
+                           "--workdir", str(tmp_path), "--tmpdir", str(tmp_path / "tmp")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "JAVA_HOME" in done.stderr
