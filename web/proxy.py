@@ -15,7 +15,8 @@ every browser that opens it. The browser talks only to this server, which
 * answers only to loopback host names unless started with --lan (defeats DNS rebinding), sends a
   strict Content-Security-Policy, and never logs bodies or headers.
 
-Standard library only; TorchServe's addresses come from serve_config/config.properties.
+Standard library only (plus serving.config, which reads TorchServe's addresses from
+serve_config/config.properties, the one place they are defined).
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from serving.config import CONFIG as DEFAULT_TS_CONFIG
+from serving.config import KEY_FILE, MODEL_NAME, REPO, ServeConfig, ServeError
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-DEFAULT_TS_CONFIG = REPO / "serve_config" / "config.properties"
-DEFAULT_KEY_FILE = REPO / "key_file.json"
+DEFAULT_KEY_FILE = REPO / KEY_FILE  # where `make serve` starts TorchServe
 DEFAULT_WEIGHTS = REPO / "weights"
 DEFAULT_PORT = 8090
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -74,20 +76,6 @@ log = logging.getLogger("hotdog.web")
 # ---- Configuration ------------------------------------------------------------------------------
 
 
-def read_properties(path: Path) -> dict[str, str]:
-    """Java .properties subset TorchServe uses: `key=value` lines, `#`/`!` comments."""
-    props: dict[str, str] = {}
-    if not path.is_file():
-        return props
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line[0] in "#!" or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        props[key.strip()] = value.strip()
-    return props
-
-
 def _loopback_url(address: str) -> str:
     """TorchServe may bind 0.0.0.0; the proxy connects to it over loopback."""
     parts = urllib.parse.urlsplit(address)
@@ -103,7 +91,7 @@ class Settings:
     inference_url: str
     management_url: str | None
     key_file: Path
-    model: str = "hotdog"
+    model: str = MODEL_NAME
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     timeout_s: float = 30.0
     lan: bool = False
@@ -526,18 +514,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inference-url", help="TorchServe inference address (default: from --ts-config)")
     p.add_argument("--management-url", help="TorchServe management address, to renew an expired key (default: from --ts-config)")
     p.add_argument("--key-file", type=Path, default=DEFAULT_KEY_FILE, help="TorchServe's key_file.json")
-    p.add_argument("--model", default="hotdog", help="the model name TorchServe serves")
+    p.add_argument("--model", default=MODEL_NAME, help="the model name TorchServe serves")
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="folder with preprocess.json (labels, sizes)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, help="largest upload accepted")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for TorchServe")
+    p.add_argument("--check", action="store_true",
+                   help="only check whether TorchServe answers (exit 0) or not (exit 1), then exit")
     p.add_argument("--ready-file", type=Path, help="write 'host port' here once listening (for scripts and tests)")
     return p.parse_args(argv)
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
-    props = read_properties(args.ts_config)
-    inference = args.inference_url or _loopback_url(props.get("inference_address", "http://127.0.0.1:8080"))
-    management = args.management_url or _loopback_url(props.get("management_address", "http://127.0.0.1:8081"))
+    ts = ServeConfig.load(args.ts_config)
+    inference = args.inference_url or _loopback_url(ts.inference_url)
+    management = args.management_url or _loopback_url(ts.management_url)
     max_bytes = int(args.max_upload_mb * 2**20)
     return Settings(
         inference_url=inference.rstrip("/"),
@@ -551,19 +541,25 @@ def build_settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def check_torchserve(settings: Settings) -> None:
+def torchserve_listening(settings: Settings) -> bool:
     parts = urllib.parse.urlsplit(settings.inference_url)
     try:
         socket.create_connection((parts.hostname, parts.port), timeout=2).close()
+        return True
     except OSError:
-        log.warning("TorchServe is not answering at %s yet; the page will say the server is down "
-                    "until it is (start it with `make serve`).", settings.inference_url)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     args = parse_args(argv)
-    settings = build_settings(args)
+    try:
+        settings = build_settings(args)
+    except (ServeError, OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        return 0 if torchserve_listening(settings) else 1
     host = "0.0.0.0" if args.lan else (args.host or "127.0.0.1")
     try:
         server = WebServer((host, args.port), settings)
@@ -572,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{' (another program uses the port; pick one with PORT=...)' if e.errno == 98 else ''}", file=sys.stderr)
         return 2
     port = server.server_address[1]
-    check_torchserve(settings)
+    if not torchserve_listening(settings):
+        log.warning("TorchServe is not answering at %s; the page will say the server is down "
+                    "until it is (start it with `make serve`).", settings.inference_url)
     urls = [f"http://127.0.0.1:{port}/"] if host in ("127.0.0.1", "0.0.0.0") else [f"http://{host}:{port}/"]
     if settings.lan:
         urls += [f"http://{ip}:{port}/" for ip in lan_addresses() if host in ("0.0.0.0", ip)]

@@ -201,11 +201,13 @@
 
   // ---- Talking to the server ------------------------------------------------------------------
 
+  const sentence = (s) => s.charAt(0).toUpperCase() + s.slice(1) + (/[.!?]$/.test(s) ? "" : ".");
+
   function serverError(status, body) {
     const said = body && typeof body.error === "string" ? body.error : "";
-    if (status === 413) return new PageError("That photo is too large", said || `The limit is ${formatBytes(config.max_upload_bytes)}.`);
+    if (status === 413) return new PageError("That photo is too large", said ? sentence(said) : `The limit is ${formatBytes(config.max_upload_bytes)}.`);
     if (status === 415 || status === 400 || status === 422) {
-      return new PageError("That's not a photo I can read", `${said ? said + ". " : ""}Try a ${ACCEPTED} picture.`);
+      return new PageError("That's not a photo I can read", said ? sentence(said) : `Try a ${ACCEPTED} picture.`);
     }
     if (status === 502 || status === 503 || status === 504) {
       return new PageError("The hot dog server is down", said || "The model server is not answering. Try again in a moment.");
