@@ -312,8 +312,14 @@ def test_large_phone_photo_is_shrunk_before_upload(browser, proxy, torchserve, c
     # Nothing lost: the full-size photo sent straight to TorchServe gets the same answer.
     status, full = served(torchserve, big.read_bytes())
     assert status == 200
+    page_confidence = float(data(browser, "result", "confidence"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "web_shrink.json").write_text(json.dumps({
+        "photo": [3000, 4000], "photo_bytes": big.stat().st_size, "sent": [sent_w, sent_h], "sent_bytes": sent_bytes,
+        "label_full": full["label"], "confidence_full": full["confidence"],
+        "label_sent": data(browser, "result", "label"), "confidence_sent": page_confidence}, indent=2))
     assert data(browser, "result", "label") == full["label"]
-    assert abs(float(data(browser, "result", "confidence")) - full["confidence"]) < 0.02
+    assert abs(page_confidence - full["confidence"]) < 0.02
 
 
 def test_server_down_and_page_server_gone_are_said_in_words(browser, torchserve, tmp_path):

@@ -127,7 +127,7 @@ class InferenceToken:
 
     TorchServe keys expire (token_expiration_min, 60 min by default). An expired key is renewed
     through the management API with the API key (`GET /token?type=inference`), which rewrites
-    the key file. Only this process ever sees the keys.
+    the key file. The keys go to TorchServe only, never into a response.
     """
 
     RENEW_MARGIN_S = 30.0
@@ -366,6 +366,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         name = urllib.parse.urlsplit(f"//{host}").hostname or ""
         if name in LOOPBACK_HOSTS:
             return True
+        log.warning("refused a request for Host %r (loopback mode)", host)
         self.close_connection = True
         self._json(403, _error(403, f"This server answers only on localhost (got Host {host!r}); "
                                     "start it with --lan to open it from another device."))
