@@ -84,8 +84,8 @@ serve-parity: setup
 # `make web LAN=1` listens on the network so a phone on the same Wi-Fi can open it. Ctrl-C stops the page.
 WEB_PORT ?= 8090
 web: setup
-	@$(PY) -m web.proxy --check || $(MAKE) --no-print-directory serve
-	$(PY) -m web.proxy --port $(WEB_PORT) $(if $(filter 1 yes true,$(LAN)),--lan)
+	@$(PY) -m web.proxy --check $(CLIENT_ARGS) || $(MAKE) --no-print-directory serve
+	$(PY) -m web.proxy $(CLIENT_ARGS) --port $(WEB_PORT) $(if $(filter 1 yes true,$(LAN)),--lan)
 
 clean:
 	rm -rf runs .cache model_store logs .pytest_cache build .serve

@@ -76,7 +76,7 @@ def start_proxy(folder: Path, *args: str) -> Proxy:
 
 
 def ts_args(server) -> list[str]:
-    return ["--ts-config", str(server.cfg.path), "--key-file", str(server.workdir / "key_file.json")]
+    return ["--config", str(server.cfg.path), "--workdir", str(server.workdir)]
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,6 @@ from serving.config import CONFIG as DEFAULT_TS_CONFIG
 from serving.config import KEY_FILE, MODEL_NAME, REPO, ServeConfig, ServeError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-DEFAULT_KEY_FILE = REPO / KEY_FILE  # where `make serve` starts TorchServe
 DEFAULT_WEIGHTS = REPO / "weights"
 DEFAULT_PORT = 8090
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -510,11 +509,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="listen on all interfaces so a phone on the same network can open the page")
     where.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--ts-config", type=Path, default=DEFAULT_TS_CONFIG,
-                   help="TorchServe config.properties to read its addresses from")
-    p.add_argument("--inference-url", help="TorchServe inference address (default: from --ts-config)")
-    p.add_argument("--management-url", help="TorchServe management address, to renew an expired key (default: from --ts-config)")
-    p.add_argument("--key-file", type=Path, default=DEFAULT_KEY_FILE, help="TorchServe's key_file.json")
+    p.add_argument("--config", type=Path, default=DEFAULT_TS_CONFIG,
+                   help="TorchServe's config.properties, to read its addresses from (as for make serve)")
+    p.add_argument("--workdir", type=Path, default=REPO,
+                   help="the directory TorchServe was started in, where it wrote key_file.json (as for make serve)")
+    p.add_argument("--key-file", type=Path, help="TorchServe's key file (default: WORKDIR/key_file.json)")
+    p.add_argument("--inference-url", help="TorchServe inference address (default: from --config)")
+    p.add_argument("--management-url", help="TorchServe management address, to renew an expired key (default: from --config)")
     p.add_argument("--model", default=MODEL_NAME, help="the model name TorchServe serves")
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="folder with preprocess.json (labels, sizes)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, help="largest upload accepted")
@@ -526,14 +527,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
-    ts = ServeConfig.load(args.ts_config)
+    ts = ServeConfig.load(args.config)
     inference = args.inference_url or _loopback_url(ts.inference_url)
     management = args.management_url or _loopback_url(ts.management_url)
     max_bytes = int(args.max_upload_mb * 2**20)
     return Settings(
         inference_url=inference.rstrip("/"),
         management_url=management.rstrip("/"),
-        key_file=args.key_file.resolve(),
+        key_file=(args.key_file or args.workdir / KEY_FILE).resolve(),
         model=args.model,
         max_upload_bytes=max_bytes,
         timeout_s=args.timeout,
