@@ -343,6 +343,23 @@ def test_server_down_and_page_server_gone_are_said_in_words(browser, torchserve,
         down.stop()
 
 
+def test_too_large_is_said_in_words(browser, torchserve, tmp_path):
+    small = start_proxy(tmp_path / "small", *ts_args(torchserve), "--max-upload-mb", "0.02")  # a 20 KB cap
+    try:
+        open_page(browser, small.url)
+        photo = SAMPLE / "hot_dog" / "x10.jpg"  # still more than 20 KB after the shrink
+        assert upload_with_camera_button(browser, photo) == "error"
+        assert text(browser, "error-title") == "That photo is too large"
+        assert "the limit is 20 KB" in text(browser, "error-detail")
+        blob = tmp_path / "scan.raw"  # not something a browser can shrink
+        blob.write_bytes(os.urandom(64 * 1024))
+        assert upload_with_camera_button(browser, blob) == "error"
+        assert text(browser, "error-title") == "That photo is too large"
+        assert '"POST /api/predict"' not in small.log_text()  # refused before uploading anything
+    finally:
+        small.stop()
+
+
 def test_token_never_reaches_the_browser(browser, proxy, torchserve):
     browser.get_log("performance")  # drop what earlier tests captured
     # Keep every response body for Network.getResponseBody (the default buffer evicts some).
