@@ -7,7 +7,7 @@ TEST_DATA ?= ../shared/data/hotdog/test
 RUN ?= runs/latest
 WEIGHTS ?= weights
 
-.PHONY: setup train ship eval bench-train test clean mar grpc-stubs serve stop predict predict-grpc serve-parity
+.PHONY: setup train ship eval bench-train test clean mar grpc-stubs serve stop predict predict-grpc serve-parity web
 
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -79,6 +79,13 @@ predict-grpc: grpc-stubs
 # Every test/ image through the running server vs offline evaluation -> reports/serve_parity.json.
 serve-parity: setup
 	$(PY) -m serving.parity --data $(TEST_DATA) --weights $(WEIGHTS) --out reports/serve_parity.json $(CLIENT_ARGS)
+
+# The phone-friendly page in front of TorchServe (started first if it is not running): http://127.0.0.1:8090
+# `make web LAN=1` listens on the network so a phone on the same Wi-Fi can open it. Ctrl-C stops the page.
+WEB_PORT ?= 8090
+web: setup
+	@$(PY) -m web.proxy --check $(CLIENT_ARGS) || $(MAKE) --no-print-directory serve
+	$(PY) -m web.proxy $(CLIENT_ARGS) --port $(WEB_PORT) $(if $(filter 1 yes true,$(LAN)),--lan)
 
 clean:
 	rm -rf runs .cache model_store logs .pytest_cache build .serve

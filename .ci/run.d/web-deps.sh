@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# tests/test_web.py drives a real headless Chromium through chromedriver. Browsers cannot be
+# downloaded by the test tools here, so Debian's packages are installed; skipped when present.
+set -euo pipefail
+PACKAGES=(chromium chromium-driver fonts-noto-color-emoji)
+
+if ! command -v apt-get >/dev/null; then
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+        echo "web-deps: chromium and chromedriver found"; exit 0
+    fi
+    echo "web-deps: install chromium and chromedriver (no apt-get here)" >&2; exit 1
+fi
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "web-deps: ${PACKAGES[*]} already installed"; exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "web-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+chromium --version
