@@ -4,7 +4,7 @@
 All three run in this one process on the same real photo, interleaved call by call (eager, fp32, int8,
 eager, ...), so a neighbour's load on this shared machine hits all three alike. Reported: median and
 p10/p90 over many calls after a warm-up, and the thread counts. x86 XNNPACK is not an iPhone: the
-numbers rank the variants on this host; they are not phone latencies.
+numbers rank the variants on this host; they are not phone latencies. One thread each by default.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from mobile_export.export import DEFAULT_OUT, FP32_FILE, INT8_FILE, REPO, ExportError, MobileClassifier, load_uint8_batch
+from mobile_export.export import (DEFAULT_OUT, FP32_FILE, INT8_FILE, REPO, ExportError, MobileClassifier, _display,
+                                  load_uint8_batch)
 from mobile_export.parity import load_forward, verified_metadata
 from model_src.bundle import BundleError, load_bundle
 
@@ -90,7 +91,7 @@ def bench(weights: str | Path, out: str | Path, image: str | Path, runs: int, wa
     for name in ("xnnpack_fp32", "xnnpack_int8"):
         result[name]["speedup_vs_eager"] = base / result[name]["median_ms"]
     return {
-        "batch": 1, "input_size": spec.input_size, "image": str(image), "warmup": warmup,
+        "batch": 1, "input_size": spec.input_size, "image": _display(Path(image)), "warmup": warmup,
         "order": "interleaved: one call of each variant per round",
         "weights_sha256": manifest["weights_sha256"],
         "torch_threads": torch.get_num_threads(), "executorch_threadpool_threads": _et_threads(),
@@ -107,8 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image", default=str(DEFAULT_IMAGE))
     parser.add_argument("--runs", type=int, default=300, help="timed calls per variant")
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--threads", type=int, help="threads for both torch and the ExecuTorch threadpool "
-                        "(default: each runtime's own default)")
+    # One thread each by default: on a shared 2-core host a multi-threaded eager run mostly measures
+    # OpenMP threads waiting for a neighbour's cores (seen here: median 112 ms at 2 threads vs 9 ms at 1).
+    parser.add_argument("--threads", type=int, default=1, help="threads for both torch and the ExecuTorch "
+                        "threadpool; 0 keeps each runtime's own default")
     parser.add_argument("--report", default=str(REPO / "reports" / "bench_mobile.json"))
     args = parser.parse_args(argv)
     report = bench(args.weights, args.out, args.image, args.runs, args.warmup, args.threads)

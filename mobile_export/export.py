@@ -153,10 +153,13 @@ class Calibration:
         return h.hexdigest()
 
 
-def _refuse_test_split(path: Path) -> None:
-    # ImageFolder splits are named train/ and test/; calibrating on test/ would leak it into the model.
-    if "test" in Path(path).resolve().parts:
-        raise ExportError(f"refusing to calibrate on {path}: it is under a test/ split; "
+def _refuse_test_split(root: Path, rel: str | None = None) -> None:
+    """ImageFolder splits are named train/ and test/; calibrating on test/ would tune the model on it.
+    Looks at the split level only (root, its parent, the path inside root), not at unrelated ancestors."""
+    parts = Path(root).resolve().parts[-2:] + (Path(rel).parts if rel else ())
+    if "test" in parts:
+        where = Path(root) / rel if rel else Path(root)
+        raise ExportError(f"refusing to calibrate on {where}: it is under a test/ split; "
                           "int8 calibration must use training images only")
 
 
@@ -184,7 +187,7 @@ def select_calibration(weights: Path, data_root: Path, n: int, seed: int) -> Cal
         raise ExportError(f"no calibration images found ({source}, {data_root})")
     files = sorted(random.Random(seed).sample(sorted(candidates), min(n, len(candidates))))
     for rel in files:
-        _refuse_test_split(data_root / rel)
+        _refuse_test_split(data_root, rel)
     return Calibration(data_root, files, source, seed)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mobile_export.export import (COREML_FILE, DEFAULT_OUT, FP32_FILE, INT8_FILE, METADATA_FILE, REPO,
+from mobile_export.export import (COREML_FILE, DEFAULT_OUT, FP32_FILE, INT8_FILE, METADATA_FILE, REPO, _display,
                                   ExportError, load_uint8_batch, sha256_file)
 from model_src.bundle import BundleError, load_bundle
 from model_src.preprocess import normalize
@@ -94,7 +94,7 @@ def parity_report(weights: str | Path, out: str | Path, data: str | Path) -> dic
     size_fp32, size_int8 = meta["programs"]["xnnpack_fp32"]["size_bytes"], meta["programs"]["xnnpack_int8"]["size_bytes"]
     coreml = meta["programs"]["coreml"]
     report = {
-        "data": str(data), "n": len(kept), "skipped": skipped,
+        "data": _display(data), "n": len(kept), "skipped": skipped,
         "weights_sha256": manifest["weights_sha256"], "input_size": spec.input_size,
         "executorch_version": meta["executorch_version"],
         "eager": {"accuracy": acc_eager},

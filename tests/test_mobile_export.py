@@ -227,3 +227,17 @@ def test_bench_reports_all_three_variants(exported, tiny_weights, tmp_path):
     assert set(report["results"]) == {"eager", "xnnpack_fp32", "xnnpack_int8"}
     assert all(r["runs"] == 3 and r["median_ms"] > 0 for r in report["results"].values())
     assert report["torch_threads"] >= 1 and report["input_size"] == SPEC.input_size
+
+
+def test_calibration_refuses_test_files_listed_or_found_under_the_root(tmp_path, tiny_weights):
+    dataset = tmp_path / "hotdog"  # the dataset root itself: rglob would reach test/ images
+    shutil.copytree(SAMPLE, dataset / "test")
+    bare = tmp_path / "weights"
+    shutil.copytree(tiny_weights, bare)
+    (bare / "data_files.txt").unlink()
+    with pytest.raises(export.ExportError, match="test/ split"):
+        export.select_calibration(bare, dataset, 100, seed=0)
+    # A data_files.txt whose train rows point into test/ is refused too.
+    (bare / "data_files.txt").write_text("".join(f"train\ttest/{f}\tkaggle\n" for f, _ in _sample_files()))
+    with pytest.raises(export.ExportError, match="test/ split"):
+        export.select_calibration(bare, dataset, 100, seed=0)
