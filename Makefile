@@ -35,6 +35,20 @@ bench-train: setup
 eval: setup
 	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(TEST_DATA)
 
+# ExecuTorch .pte files for iOS (fp32, int8, Core ML) + hotdog.json in mobile_export/out/; regenerates the
+# iOS sample's PreprocessConstants.swift. int8 calibrates on training images only.
+.PHONY: export export-parity bench-mobile
+export: setup
+	$(PY) -m mobile_export.export --weights $(WEIGHTS) --calib-data $(DATA)
+
+# The .pte files vs eager PyTorch on the test split, run by the ExecuTorch runtime -> reports/mobile_parity.json.
+export-parity: setup
+	$(PY) -m mobile_export.parity --weights $(WEIGHTS) --data $(TEST_DATA)
+
+# Batch-1 latency, eager vs fp32 .pte vs int8 .pte, in one process -> reports/bench_mobile.json.
+bench-mobile: setup
+	$(PY) -m mobile_export.bench --weights $(WEIGHTS)
+
 test: setup mar grpc-stubs
 	$(PY) -m pytest -q tests
 
