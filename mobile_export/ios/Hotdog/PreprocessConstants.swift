@@ -4,9 +4,9 @@
 
 enum PreprocessConstants {
     /// Side of the square uint8 RGB NCHW input the .pte takes.
-    static let inputSize = 128
+    static let inputSize = 144
     /// The shorter image side is resized to this (bilinear), then center-cropped to inputSize.
-    static let resizeSize = 146
+    static let resizeSize = 164
     /// Class order of the output probabilities.
     static let labels: [String] = ["hot_dog", "not_hot_dog"]
     /// Images above this many pixels are refused, as the server does.
