@@ -23,6 +23,7 @@ from mobile_export.export import (DEFAULT_OUT, FP32_FILE, INT8_FILE, REPO, Expor
                                   load_uint8_batch)
 from mobile_export.parity import load_forward, verified_metadata
 from model_src.bundle import BundleError, load_bundle
+from model_src.cli import run_cli
 
 DEFAULT_IMAGE = REPO / "tests" / "data" / "sample" / "hot_dog" / "133012.jpg"
 
@@ -124,12 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        main(argv)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv, (ExportError,))
 
 
 if __name__ == "__main__":

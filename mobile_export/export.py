@@ -30,6 +30,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from model_src.bundle import BundleError, load_bundle
+from model_src.cli import run_cli
 from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_uint8
 
 REPO = Path(__file__).resolve().parent.parent
@@ -432,13 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Entry point: a user error is one clear line on stderr and exit code 2, not a traceback."""
-    try:
-        main(argv)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv, (ExportError,))
 
 
 if __name__ == "__main__":

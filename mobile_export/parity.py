@@ -18,6 +18,7 @@ import torch
 from mobile_export.export import (COREML_FILE, DEFAULT_OUT, FP32_FILE, INT8_FILE, METADATA_FILE, REPO, _display,
                                   ExportError, load_uint8_batch, sha256_file)
 from model_src.bundle import BundleError, load_bundle
+from model_src.cli import run_cli
 from model_src.preprocess import normalize
 
 FP32_MAX_ABS_DIFF = 1e-4
@@ -145,12 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        report = main(argv)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0 if report["pass"] else 1
+    return run_cli(main, argv, (ExportError,), passed=lambda report: report["pass"])
 
 
 if __name__ == "__main__":

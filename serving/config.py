@@ -5,6 +5,7 @@ tests all read it here. Tests (and anyone running a second server) write a copy 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -119,3 +120,15 @@ def read_keys(workdir: str | Path) -> dict[str, str]:
                          "(it writes its access keys there when token authorization is on)")
     data = json.loads(path.read_text())
     return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
+
+
+def parse_client_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line both clients share: a photo, the server's config and where its key file is."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("image", help="photo to classify (JPEG, PNG, WebP, BMP, GIF)")
+    parser.add_argument("--config", default=str(CONFIG))
+    parser.add_argument("--workdir", default=str(REPO), help="where the server wrote key_file.json")
+    args = parser.parse_args(argv)
+    if not Path(args.image).is_file():
+        parser.exit(2, f"error: no such image: {args.image}\n")
+    return args

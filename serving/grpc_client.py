@@ -5,14 +5,13 @@ inference key from key_file.json, sent as `authorization: Bearer <key>` metadata
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import grpc
 
-from serving.config import CONFIG, MODEL_NAME, REPO, ServeConfig, ServeError, read_keys
+from serving.config import MODEL_NAME, ServeConfig, ServeError, parse_client_args, read_keys
 from serving.grpc_stubs import import_stubs
 
 
@@ -33,14 +32,8 @@ def predict_bytes(image: bytes, target: str, key: str, model: str = MODEL_NAME, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("image", help="photo to classify (JPEG, PNG, WebP, BMP, GIF)")
-    parser.add_argument("--config", default=str(CONFIG))
-    parser.add_argument("--workdir", default=str(REPO), help="where the server wrote key_file.json")
-    args = parser.parse_args(argv)
+    args = parse_client_args(__doc__, argv)
     try:
-        if not Path(args.image).is_file():
-            raise ServeError(f"no such image: {args.image}")
         cfg = ServeConfig.load(args.config)
         answer = predict_bytes(Path(args.image).read_bytes(), cfg.grpc_inference_target,
                                read_keys(args.workdir)["inference"])

@@ -5,7 +5,6 @@ root for `make serve`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import mimetypes
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from serving.config import CONFIG, MODEL_NAME, REPO, ServeConfig, ServeError, read_keys
+from serving.config import MODEL_NAME, REPO, ServeConfig, ServeError, parse_client_args, read_keys
 
 
 def predict_bytes(image: bytes, url: str, key: str, model: str = MODEL_NAME,
@@ -41,14 +40,8 @@ def predict_file(path: str | Path, cfg: ServeConfig, workdir: str | Path = REPO)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("image", help="photo to classify (JPEG, PNG, WebP, BMP, GIF)")
-    parser.add_argument("--config", default=str(CONFIG))
-    parser.add_argument("--workdir", default=str(REPO), help="where the server wrote key_file.json")
-    args = parser.parse_args(argv)
+    args = parse_client_args(__doc__, argv)
     try:
-        if not Path(args.image).is_file():
-            raise ServeError(f"no such image: {args.image}")
         status, body = predict_file(args.image, ServeConfig.load(args.config), args.workdir)
     except ServeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from model_src.bundle import BundleError, load_bundle
+from model_src.cli import run_cli
 from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_tensor
 from training.data import SHARED_DATA, DataError, scan_image_folder
 from training.plots import plot_confusion, plot_curves
@@ -122,13 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Entry point: a data problem is one clear line on stderr and exit code 2, not a traceback."""
-    try:
-        main(argv)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv, (DataError,))
 
 
 if __name__ == "__main__":
