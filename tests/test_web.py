@@ -139,6 +139,7 @@ def browser(tmp_path_factory):
 def open_page(driver, url: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver.set_script_timeout(WAIT_S)
     driver.get(url + "/")
     WebDriverWait(driver, WAIT_S).until(lambda d: d.find_element("tag name", "body").get_attribute("data-state")
                                         in ("idle", "error"))
@@ -178,16 +179,69 @@ def data(driver, element_id: str, key: str) -> str:
     return driver.find_element("id", element_id).get_attribute(f"data-{key}")
 
 
+# Records, inside the page, every fetch it makes: the request body (base64) and the response body
+# (text). WebDriver-injected scripts are not subject to the page's CSP. Chrome's DevTools buffers
+# are not used for this: Network.getRequestPostData has nothing for Blob bodies and
+# Network.getResponseBody loses bodies evicted from the inspector cache, both more so under load.
+# The wrapper starts the real fetch first, with the page's own arguments, and records on the side.
+RECORD_FETCHES = """
+    if (window.__fetches) return;
+    const fetches = window.__fetches = [];
+    const original = window.fetch;
+    const base64 = (buf) => {
+      const bytes = new Uint8Array(buf);
+      let s = "";
+      for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      return btoa(s);
+    };
+    window.fetch = function (input, init) {
+      const url = new URL(typeof input === "string" || input instanceof URL ? input : input.url, location.href);
+      const entry = {path: url.pathname, method: ((init && init.method) || (input && input.method) || "GET").toUpperCase()};
+      const done = [];
+      // A Request built from the same arguments reads any body (Blob, FormData, ArrayBuffer, string)
+      // without using up the page's own.
+      if (typeof input === "string" || input instanceof URL) {
+        done.push(new Request(url, {method: entry.method, body: init && init.body, headers: init && init.headers})
+          .arrayBuffer().then((b) => { entry.request = base64(b); }, (e) => { entry.requestError = String(e); }));
+      }
+      const answer = original.apply(this, arguments);
+      done.push(answer.then((resp) => {
+        entry.status = resp.status;
+        entry.headers = JSON.stringify([...resp.headers]);
+        return resp.clone().text().then((t) => { entry.response = t; });
+      }).catch((e) => { entry.responseError = String(e); }));
+      entry.done = Promise.all(done);
+      fetches.push(entry);
+      return answer;
+    };
+"""
+
+
+def record_fetches(driver) -> None:
+    """From now until the next page load, the page's fetches are recorded (see fetches())."""
+    driver.execute_script(RECORD_FETCHES)
+
+
+def fetches(driver) -> list[dict]:
+    """The page's fetches since record_fetches(), each once its request and response are read:
+    path, method, request (base64 body), status, headers (JSON), response (text)."""
+    got = driver.execute_async_script("""
+        const callback = arguments[arguments.length - 1];
+        const all = window.__fetches;
+        if (!all) { callback(null); return; }
+        Promise.all(all.map((f) => f.done)).then(
+          () => callback(all.map(({done, ...f}) => f)), (e) => callback(String(e)));
+    """)
+    assert isinstance(got, list), f"the page's fetches were not recorded: {got}"
+    return got
+
+
 def uploaded_bytes(driver) -> bytes:
-    """The body of the page's last POST /api/predict, as the browser sent it (DevTools protocol)."""
-    request_id = None
-    for entry in driver.get_log("performance"):
-        msg = json.loads(entry["message"])["message"]
-        if msg["method"] == "Network.requestWillBeSent" and msg["params"]["request"]["url"].endswith("/api/predict"):
-            request_id = msg["params"]["requestId"]
-    assert request_id, "the page sent no POST /api/predict"
-    post = driver.execute_cdp_cmd("Network.getRequestPostData", {"requestId": request_id})
-    return base64.b64decode(post["postData"]) if post.get("base64Encoded") else post["postData"].encode("latin-1")
+    """The body of the page's last POST /api/predict, as the page handed it to fetch()."""
+    posts = [f for f in fetches(driver) if f["path"] == "/api/predict" and f["method"] == "POST"]
+    assert posts, "the page sent no POST /api/predict"
+    assert "request" in posts[-1], posts[-1]
+    return base64.b64decode(posts[-1]["request"])
 
 
 def save_screenshot(driver, name: str) -> Path:
@@ -230,6 +284,7 @@ def clearest(torchserve) -> dict[str, Path]:
 
 def test_phone_page_shows_hotdog_and_not_hotdog(browser, proxy, torchserve, clearest):
     open_page(browser, proxy.url)
+    record_fetches(browser)
     viewport = browser.execute_script("return [innerWidth, innerHeight, matchMedia('(pointer: coarse)').matches]")
     assert viewport == [PHONE["width"], PHONE["height"], True]
     # One-handed: the camera button is big and in the bottom third of the screen, inside the viewport.
@@ -362,28 +417,43 @@ def test_too_large_is_said_in_words(browser, torchserve, tmp_path):
 
 def test_token_never_reaches_the_browser(browser, proxy, torchserve):
     browser.get_log("performance")  # drop what earlier tests captured
-    # Keep every response body for Network.getResponseBody (the default buffer evicts some).
-    browser.execute_cdp_cmd("Network.enable", {"maxTotalBufferSize": 64 << 20, "maxResourceBufferSize": 16 << 20})
     open_page(browser, proxy.url)
+    record_fetches(browser)
     assert upload_with_camera_button(browser, SAMPLE / "not_hot_dog" / "x1.jpg") == "result"
     assert upload_by_drop(browser, Path(__file__), "text/x-python") == "error"  # an error answer too
-    responses = {}
+    # Every header the browser received (the performance log: what the network stack saw, raw ones too).
+    responses, received = [], []
     for entry in browser.get_log("performance"):
         msg = json.loads(entry["message"])["message"]
         if msg["method"] == "Network.responseReceived":
-            responses[msg["params"]["requestId"]] = msg["params"]["response"]
-    urls = {r["url"].removeprefix(proxy.url) for r in responses.values()}
+            responses.append(msg["params"]["response"])
+            received.append(json.dumps(msg["params"]["response"]["headers"]))
+        elif msg["method"] == "Network.responseReceivedExtraInfo":
+            received.append(json.dumps(msg["params"]["headers"]))
+            received.append(msg["params"].get("headersText", ""))
+    urls = {r["url"].removeprefix(proxy.url) for r in responses}
     assert {"/", "/static/app.js", "/static/style.css", "/api/config", "/api/predict"} <= urls
-    received = []
-    for request_id, response in responses.items():
-        received.append(json.dumps(response["headers"]))
-        try:
-            body = browser.execute_cdp_cmd("Network.getResponseBody", {"requestId": request_id})
-        except Exception as e:
-            raise AssertionError(f"{response['url']} {response['status']} {request_id}: {e}") from None
-        received.append(base64.b64decode(body["body"]).decode("latin-1") if body["base64Encoded"] else body["body"])
+    # Every body: the page's own API calls as its fetch() got them...
+    api = fetches(browser)
+    assert [(f["path"], f["status"]) for f in api] == [("/api/predict", 200), ("/api/predict", 415)], api
+    for f in api:
+        received += [f["headers"], f["response"]]
+    # ...and the page, its script, its style sheet and its config, fetched again by the browser (the
+    # page loaded them before anything in it could be recorded), and as the proxy serves them.
+    loaded = browser.execute_async_script("""
+        const callback = arguments[arguments.length - 1];
+        Promise.all(arguments[0].map((path) => fetch(path, {cache: "no-store"}).then(async (r) =>
+            [path, r.status, JSON.stringify([...r.headers]), await r.text()])))
+          .then(callback, (e) => callback(String(e)));
+    """, ["/", "/static/app.js", "/static/style.css", "/api/config"])
+    assert isinstance(loaded, list), loaded
+    for path, status, headers, body in loaded:
+        assert status == 200, (path, status)
+        assert body == http_request(proxy.url, path=path)[2].decode(), path
+        received += [headers, body]
     everything = "\n".join(received)
     assert '"label"' in everything and "not an image" in everything  # we did capture the API answers
+    assert "hotdog" in everything.lower() and "fetch(" in everything  # and the page and its script
     keys = torchserve.keys
     assert set(keys) >= {"inference", "management", "API"}
     for name, key in keys.items():
