@@ -103,3 +103,9 @@ web: setup
 
 clean:
 	rm -rf runs .cache model_store logs .pytest_cache build .serve
+
+# --- Hardening reports (each starts a private TorchServe on free ports and stops it) -----------------
+.PHONY: bad-input-report bench-faults bench-soak
+# Every case of serving/bad_inputs.py over HTTP and gRPC -> reports/bad_inputs.json + reports/bad_inputs.md
+bad-input-report: mar grpc-stubs
+	$(PY) -m serving.bad_inputs --out reports/bad_inputs.json

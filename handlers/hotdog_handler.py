@@ -51,7 +51,8 @@ def _b64(text: str) -> bytes:
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise ImageError("invalid base64 in the request: send the image bytes base64-encoded") from None
+        raise ImageError("invalid base64 in the request: a text or JSON body must be the image base64-encoded; "
+                         "send raw image bytes with an image/* or application/octet-stream Content-Type") from None
 
 
 def request_bytes(row: dict) -> bytes:

@@ -62,14 +62,33 @@ class ImageError(ValueError):
         self.status = status
 
 
+# What a refused upload most likely is, named in the error: (test on the first bytes, name).
+_NOT_IMAGES = (
+    (lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"),
+     "a HEIC/HEIF photo (the iPhone default), which this server does not read: send JPEG "
+     "(iPhone: Settings > Camera > Formats > Most Compatible)"),
+    (lambda h: h.startswith(b"%PDF"), "a PDF document"),
+    (lambda h: h.startswith(b"PK\x03\x04"), "a ZIP archive"),
+    (lambda h: b"<svg" in h.lower(), "an SVG drawing (vector images are not accepted)"),
+    (lambda h: h.lstrip().lower().startswith((b"<!doctype html", b"<html")), "an HTML page"),
+)
+
+
+def _what_it_is(data: bytes) -> str:
+    head = data[:512]
+    return next((name for test, name in _NOT_IMAGES if test(head)), "")
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Bytes -> upright RGB PIL image; raises ImageError with a clear message for anything else."""
     if not data:
-        raise ImageError("empty input: no image bytes received")
+        raise ImageError("empty input: no image bytes received (POST the image as the request body)")
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageError("not an image: expected JPEG, PNG, WebP, BMP or GIF bytes", 415) from None
+        what = _what_it_is(data)
+        raise ImageError(f"not an image: {'this is ' + what + '; ' if what else ''}"
+                         "expected JPEG, PNG, WebP, BMP or GIF bytes", 415) from None
     except Image.DecompressionBombError as e:  # PIL's own hard limit
         raise ImageError(f"image too large: {e}", 413) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for malformed headers
