@@ -109,3 +109,6 @@ clean:
 # Every case of serving/bad_inputs.py over HTTP and gRPC -> reports/bad_inputs.json + reports/bad_inputs.md
 bad-input-report: mar grpc-stubs
 	$(PY) -m serving.bad_inputs --out reports/bad_inputs.json
+# kill -9 and SIGSTOP the worker under load: recovery time, failed requests -> reports/faults.json
+bench-faults: mar
+	$(PY) -m serving.faults --out reports/faults.json

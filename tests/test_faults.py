@@ -1,0 +1,37 @@
+"""Worker faults under load on a private real TorchServe (serving/faults.py; make bench-faults reports the numbers).
+
+kill -9 and a hung worker (SIGSTOP, on an archive re-packed with a 5 s responseTimeout): TorchServe
+replaces the worker, only requests in flight at the fault fail (with a 5xx, never a hang past the
+client timeout), and the load is served again by the new worker. No timing is asserted.
+"""
+import pytest
+
+from serving import faults
+from serving.harness import private_server, worker_pids
+
+THREADS = 3
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("faults")
+    mar = faults.short_timeout_mar(base / "store" / "hotdog.mar", response_timeout=5)
+    with private_server(mar, base=base / "ts") as srv:
+        yield srv
+    assert not any(p.exists() for p in (base / "ts" / "tmp").glob(".model_server.pid"))
+
+
+@pytest.mark.parametrize("fault", ["kill", "hang"])
+def test_worker_fault_recovers_without_hang(fault_server, fault):
+    images = faults.sample_images(6)
+    result = faults.inject(fault_server, fault, images, threads=THREADS, warmup=1.5, after=2.0,
+                           client_timeout=30.0)
+    assert result["requests_before_fault"] > 0
+    assert result["new_worker_pid"] and result["new_worker_pid"] != result["old_worker_pid"], result
+    assert worker_pids(fault_server) == [result["new_worker_pid"]]
+    assert result["seconds_to_first_good_answer"] is not None, result  # served again
+    assert result["good_answers_after_recovery"] > 0, result
+    assert result["client_timeouts"] == 0, result  # nobody waited forever
+    # Each client thread has one request in flight; only those can be lost.
+    assert result["failed_requests"] <= THREADS, result
+    assert all(s.startswith("5") for s in result["failed_by_status"]), result
