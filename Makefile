@@ -112,3 +112,7 @@ bad-input-report: mar grpc-stubs
 # kill -9 and SIGSTOP the worker under load: recovery time, failed requests -> reports/faults.json
 bench-faults: mar
 	$(PY) -m serving.faults --out reports/faults.json
+# 10,000 real test JPEGs at concurrency 32: errors, p50/p99, worker RSS start/end -> reports/soak.json
+SOAK_REQUESTS ?= 10000
+bench-soak: mar
+	$(PY) -m serving.soak --requests $(SOAK_REQUESTS) --concurrency 32 --data $(TEST_DATA) --out reports/soak.json

@@ -1,0 +1,134 @@
+"""Soak benchmark: `python -m serving.soak` (make bench-soak) -> reports/soak.json.
+
+A private TorchServe answers --requests real test JPEGs (../shared/data/hotdog/test, cycled) sent by
+--concurrency client threads. Reports errors (by status), latency percentiles, throughput, the
+handler's mean batch size, and the Python worker's and the Java frontend's RSS after a warm-up and at
+the end (sampled along the way), so memory growth shows. A benchmark: nothing here is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import requests
+
+from serving.config import MODEL_NAME, REPO
+from serving.harness import private_server, rss_mb, worker_pids
+from serving.parity import batch_counters
+from training.data import SHARED_DATA
+
+SAMPLE = REPO / "tests" / "data" / "sample"
+
+
+def test_images(data: Path) -> tuple[list[bytes], str]:
+    paths = sorted(Path(data).glob("*/*.jpg"))
+    if not paths:
+        paths, data = sorted(SAMPLE.glob("*/*.jpg")), SAMPLE
+    return [p.read_bytes() for p in paths], str(data)
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * len(values)) - 1))]
+
+
+def soak(srv, images: list[bytes], n: int, concurrency: int, timeout: float = 60.0,
+         samples: int = 10) -> dict:
+    url = f"{srv.cfg.inference_url}/predictions/{MODEL_NAME}"
+    headers = {**srv.inference_headers(), "Content-Type": "image/jpeg"}
+    counter = iter(range(n))
+    lock = threading.Lock()
+    latencies, statuses, rss_series = [], Counter(), []
+    done = [0]
+    pid = worker_pids(srv)[0]
+
+    def client():
+        session = requests.Session()
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            start = time.perf_counter()
+            try:
+                r = session.post(url, data=images[i % len(images)], headers=headers, timeout=timeout)
+                status = r.status_code if r.status_code != 200 or "label" in r.json() else "no-label"
+            except requests.RequestException as e:
+                status = type(e).__name__
+            ms = (time.perf_counter() - start) * 1000
+            with lock:
+                latencies.append(ms)
+                statuses[str(status)] += 1
+                done[0] += 1
+
+    def sampler(stop: threading.Event):
+        while not stop.wait(max(1.0, n / 400)):
+            rss_series.append({"requests_done": done[0], "worker_rss_mb": rss_mb(pid),
+                               "frontend_rss_mb": rss_mb(srv.pid)})
+
+    batches0, reqs0 = batch_counters(srv.cfg)
+    stop = threading.Event()
+    sampling = threading.Thread(target=sampler, args=(stop,), daemon=True)
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.perf_counter()
+    sampling.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    stop.set()
+    sampling.join()
+    batches1, reqs1 = batch_counters(srv.cfg)
+    errors = {k: v for k, v in statuses.items() if k != "200"}
+    return {
+        "requests": n, "concurrency": concurrency, "errors": sum(errors.values()), "errors_by_status": errors,
+        "wall_s": round(wall, 1), "requests_per_s": round(n / wall, 1),
+        "latency_ms": {"p50": round(percentile(latencies, 50), 1), "p90": round(percentile(latencies, 90), 1),
+                       "p99": round(percentile(latencies, 99), 1), "max": round(max(latencies), 1),
+                       "mean": round(statistics.fmean(latencies), 1)},
+        "mean_batch_size": round((reqs1 - reqs0) / max(1.0, batches1 - batches0), 2),
+        "worker_pid": pid, "worker_pid_unchanged": worker_pids(srv) == [pid],
+        "rss_series": rss_series,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=300, help="requests before the starting RSS is read")
+    parser.add_argument("--data", default=str(SHARED_DATA / "test"))
+    parser.add_argument("--out", default=str(REPO / "reports" / "soak.json"))
+    args = parser.parse_args(argv)
+    images, source = test_images(Path(args.data))
+    with private_server() as srv:
+        pid = worker_pids(srv)[0]
+        rss_loaded = rss_mb(pid)
+        soak(srv, images, args.warmup, args.concurrency)
+        rss_start, fe_start = rss_mb(pid), rss_mb(srv.pid)
+        result = soak(srv, images, args.requests, args.concurrency)
+        rss_end, fe_end = rss_mb(pid), rss_mb(srv.pid)
+    series = [s["worker_rss_mb"] for s in result["rss_series"] if s["worker_rss_mb"]]
+    report = {
+        "images": len(images), "image_source": source, "warmup_requests": args.warmup, **result,
+        "worker_rss_mb": {"after_load": rss_loaded, "start": rss_start, "end": rss_end,
+                          "growth": round(rss_end - rss_start, 1) if rss_start and rss_end else None,
+                          "min_during": min(series, default=None), "max_during": max(series, default=None)},
+        "frontend_rss_mb": {"start": fe_start, "end": fe_end},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "rss_series"}, indent=2))
+    return 0 if report["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
