@@ -17,8 +17,14 @@ def fault_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("faults")
     mar = faults.short_timeout_mar(base / "store" / "hotdog.mar", response_timeout=5)
     with private_server(mar, base=base / "ts") as srv:
+        keys = srv.keys
         yield srv
     assert not any(p.exists() for p in (base / "ts" / "tmp").glob(".model_server.pid"))
+    # Dead and hung workers make TorchServe log a lot: still no key in any of it.
+    logs = [p for p in (base / "ts" / "work" / "logs").rglob("*") if p.is_file()]
+    assert logs
+    for kind, key in keys.items():
+        assert not [p.name for p in logs if key in p.read_text(errors="replace")], f"{kind} key in the logs"
 
 
 @pytest.mark.parametrize("fault", ["kill", "hang"])
