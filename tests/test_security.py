@@ -136,3 +136,44 @@ def test_no_key_in_any_log(torchserve):
     for kind, key in torchserve.keys.items():
         leaks = [name for name, text in texts.items() if key in text]
         assert not leaks, f"the {kind} key appears in {leaks}"
+
+
+def test_tls_settings_serve_https_and_grpc_over_tls(tmp_path, monkeypatch):
+    """The README's TLS recipe (private_key_file / certificate_file, enable_grpc_ssl) on a real server."""
+    import shutil
+    import subprocess
+
+    from serving.config import ServeConfig
+    from serving.grpc_stubs import import_stubs
+    from serving.harness import free_ports
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed (needed to make a test certificate)")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    p = free_ports(5)
+    cfg = ServeConfig.load().write_copy(
+        tmp_path / "config.properties", {"gRPC inference": p[3], "gRPC management": p[4]},
+        inference_address=f"https://127.0.0.1:{p[0]}", management_address=f"https://127.0.0.1:{p[1]}",
+        metrics_address=f"https://127.0.0.1:{p[2]}", private_key_file=str(key), certificate_file=str(cert),
+        enable_grpc_ssl="true")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # server.start's readiness checks trust it too
+    (tmp_path / "work").mkdir()
+    srv = server.start(cfg, tmp_path / "work", tmp_path / "tmp", MAR, timeout=120)
+    try:
+        url = f"{cfg.inference_url}/predictions/hotdog"
+        headers = {**srv.inference_headers(), "Content-Type": "image/jpeg"}
+        assert requests.post(url, data=JPEG, headers=headers, timeout=60).json()["label"]
+        plain = requests.post(url.replace("https://", "http://"), data=JPEG, headers=headers, timeout=30)
+        assert plain.status_code != 200 and "only accepts HTTPS" in plain.text
+        inference_pb2, inference_pb2_grpc, _, _ = import_stubs()
+        creds = grpc.ssl_channel_credentials(cert.read_bytes())
+        with grpc.secure_channel(cfg.grpc_inference_target, creds) as channel:
+            answer = inference_pb2_grpc.InferenceAPIsServiceStub(channel).Predictions(
+                inference_pb2.PredictionsRequest(model_name="hotdog", input={"data": JPEG}), timeout=60,
+                metadata=[("authorization", f"Bearer {srv.keys['inference']}")])
+        assert b'"label"' in answer.prediction
+    finally:
+        server.stop(tmp_path / "work", tmp_path / "tmp")
