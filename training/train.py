@@ -238,6 +238,11 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"warning: skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
         for line in skipped:
             print(f"  {line}", file=sys.stderr)
+    # A class whose every training image is unreadable would train a model that never saw it.
+    unseen = [name for c, name in enumerate(labels) if not bool((train_y == c).any())]
+    if unseen:
+        raise DataError(f"no readable training images for class {', '.join(unseen)} in {data_root} "
+                        f"(see the skipped files above)")
     val_sources = [val_s[i].source for i in val_kept.tolist()]
     select_mask = torch.tensor([s == cfg.select_source for s in val_sources])
     if not select_mask.any():
