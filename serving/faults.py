@@ -153,6 +153,7 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
         "good_answers_after_recovery": sum(r["status"] == 200 for r in affected
                                            if new_ready_at and r["start"] >= new_ready_at - t_fault),
         "observed_seconds": round(t_end, 1),
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],  # a shared machine: context
     }
 
 

@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                           "growth": round(rss_end - rss_start, 1) if rss_start and rss_end else None,
                           "min_during": min(series, default=None), "max_during": max(series, default=None)},
         "frontend_rss_mb": {"start": fe_start, "end": fe_end},
+        # This machine is shared: the load average says how much of it the run had.
+        "load_average_1_5_15_min_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
+        "cpu_count": __import__("os").cpu_count(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
