@@ -58,7 +58,13 @@ VARIANTS = {
                        "batchSize": 4, "maxBatchDelay": 5},
     "int8-w2t1-b16d10": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
                          "batchSize": 16, "maxBatchDelay": 10},
-    "compile": {"runtime": "compile"},
+    "int8-w2t1-b8d1": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
+                       "maxBatchDelay": 1},
+    "int8-w3t1-b8d5": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
+                       "maxBatchDelay": 5},
+    "eager-w2t1-b8d5": {"minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
+    "compile": {"runtime": "compile", "threads": 1},
+    "compile-w2t1-b8d5": {"runtime": "compile", "minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
 }
 DEFAULT_VARIANTS = ["eager", "int8-w2t1-b8d5"]
 
@@ -122,12 +128,14 @@ class Target:
 
 
 class Baseline(Target):
-    def __init__(self, weights: Path, workdir: Path):
-        self.name, self.host, self.port, self.path = "baseline", "127.0.0.1", free_ports(1)[0], "/predict"
+    def __init__(self, weights: Path, workdir: Path, threads: int = 0):
+        self.name = "baseline" if not threads else f"baseline-t{threads}"
+        self.host, self.port, self.path = "127.0.0.1", free_ports(1)[0], "/predict"
         self.headers = {}
-        self.log = open(workdir / "baseline.log", "wb")
+        self.log = open(workdir / f"{self.name}.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.baselines.fastapi_app", "--weights", str(weights), "--port", str(self.port)],
+            [sys.executable, "-m", "bench.baselines.fastapi_app", "--weights", str(weights), "--port", str(self.port),
+             "--threads", str(threads)],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 120
@@ -344,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"TorchServe variants, comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--baseline-threads", type=int, default=1,
+                        help="also run the baseline with torch.set_num_threads(N) as a tuned reference (0: skip)")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per level (upper bound)")
     parser.add_argument("--max-requests", type=int, default=3000, help="requests per level (upper bound)")
@@ -355,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.duration, args.max_requests, args.warmup, args.images = "1,8", 2.0, 40, 4, 16
+        args.baseline_threads = 0
         if args.variants == ",".join(DEFAULT_VARIANTS):
             args.variants = "eager"
     levels = [int(c) for c in args.levels.split(",")]
@@ -380,11 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="hotdog-bench-") as tmp:
         tmp = Path(tmp)
-        order = [("baseline", None)] + [(v, VARIANTS[v]) for v in variants]
+        order = [("baseline", None)] + ([("baseline-t", args.baseline_threads)] if args.baseline_threads else [])
+        order += [(v, VARIANTS[v]) for v in variants]
         reference = None
         for name, overrides in order:
             log(f"{name}: starting")
-            target = Baseline(weights, tmp) if overrides is None else TorchServe(name, overrides, weights, tmp)
+            if overrides is None or isinstance(overrides, int):
+                target = Baseline(weights, tmp, overrides or 0)
+            else:
+                target = TorchServe(name, overrides, weights, tmp)
             try:
                 res = run_target(target, images, levels, args.duration, args.max_requests, args.warmup, log)
             finally:
@@ -393,19 +408,24 @@ def main(argv: list[str] | None = None) -> int:
             if overrides is None:
                 reference = answers
             entry = {"levels": res, **summary}
-            if overrides is not None:
+            if isinstance(target, TorchServe):
                 entry["model_config"] = target.config
             report["servers"][target.name] = entry
-    base = report["servers"]["baseline"]["levels"]
-    for name, entry in report["servers"].items():
-        if name == "baseline":
+    def ratios(entry, base):
+        return {str(c): {"req_per_s": round(entry["levels"][str(c)]["req_per_s"] / base[str(c)]["req_per_s"], 3)
+                         if base[str(c)]["req_per_s"] else None,
+                         "p50": round(entry["levels"][str(c)]["p50_ms"] / base[str(c)]["p50_ms"], 3)
+                         if base[str(c)]["p50_ms"] and entry["levels"][str(c)]["p50_ms"] else None}
+                for c in levels}
+
+    servers = report["servers"]
+    tuned = next((n for n in servers if n.startswith("baseline-t")), None)
+    for name, entry in servers.items():
+        if name.startswith("baseline"):
             continue
-        entry["ratio_vs_baseline"] = {
-            str(c): {"req_per_s": round(entry["levels"][str(c)]["req_per_s"] / base[str(c)]["req_per_s"], 3)
-                     if base[str(c)]["req_per_s"] else None,
-                     "p50": round(entry["levels"][str(c)]["p50_ms"] / base[str(c)]["p50_ms"], 3)
-                     if base[str(c)]["p50_ms"] and entry["levels"][str(c)]["p50_ms"] else None}
-            for c in levels}
+        entry["ratio_vs_baseline"] = ratios(entry, servers["baseline"]["levels"])
+        if tuned:
+            entry[f"ratio_vs_{tuned}"] = ratios(entry, servers[tuned]["levels"])
     report["machine"]["loadavg_after"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

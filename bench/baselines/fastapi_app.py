@@ -4,7 +4,8 @@ One uploaded image per request (multipart field `file`, or raw bytes in the body
 model_src.preprocess and run through one eager fp32 ResNN forward: no batching, no quantization,
 the same weights (model_src.bundle) and the same preprocessing as the TorchServe handler. The
 endpoint is an `async def` that runs the forward inline, the pattern most tutorials show; torch keeps
-its default thread count. Answers the handler's JSON.
+its default thread count (`--threads N` sets torch.set_num_threads, for a tuned comparison).
+Answers the handler's JSON.
 
     python -m bench.baselines.fastapi_app --weights weights --port 8200
 """
@@ -63,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=str(REPO / "weights"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8200)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     uvicorn.run(create_app(args.weights), host=args.host, port=args.port, log_level="warning",
                 access_log=False)
     return 0
