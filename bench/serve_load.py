@@ -2,9 +2,11 @@
 
 A closed-loop load generator: C client threads (C = 1, 8, 32), each with one keep-alive HTTP
 connection, send the real test JPEGs (multipart field `file`, the same bytes to every server) one
-request after the other, for a bounded time and request count, on loopback only. It runs, one after
-the other in the same process and on the same weights:
+request after the other, for a bounded time and request count, on loopback only. All servers are
+started first; then, per level, each gets `--rounds` windows in turn (rotating order), so load from
+other jobs on a shared machine falls on every server alike. Servers, on the same weights:
   baseline          bench/baselines/fastapi_app.py (FastAPI + uvicorn, one eager forward per request);
+  baseline-t1       the same app with torch.set_num_threads(1): a tuned reference (--baseline-threads);
   ts-<variant>      our TorchServe on hotdog.mar built with that variant's model-config.yaml
                     (runtime, threads, batchSize, maxBatchDelay, workers), free ports, own workdir.
 Per server and C: req/s, p50/p90/p99 latency, errors, the server processes' CPU time (psutil,
@@ -45,8 +47,10 @@ PTE_FILES = {"executorch": "hotdog_xnnpack_fp32.pte", "executorch_int8": "hotdog
 BOUNDARY = "hotdogbenchboundary7e1c"
 
 # name -> overrides of serve_config/model-config.yaml ("runtime"/"threads" go under `handler:`).
+INT8_CONFIG = REPO / "serve_config" / "model-config.int8.yaml"
 VARIANTS = {
-    "eager": {},  # the shipped model-config.yaml as it is
+    "eager": {},  # the shipped model-config.yaml as it is (what `make mar` packs)
+    "mar-int8": INT8_CONFIG,  # serve_config/model-config.int8.yaml as it is (what `make mar-int8` packs)
     "eager-w2t1": {"minWorkers": 2, "maxWorkers": 2, "threads": 1},
     "executorch": {"runtime": "executorch"},
     "int8": {"runtime": "executorch_int8"},
@@ -60,13 +64,15 @@ VARIANTS = {
                          "batchSize": 16, "maxBatchDelay": 10},
     "int8-w2t1-b8d1": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
                        "maxBatchDelay": 1},
+    "int8-w2t1-b4d2": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
+                       "batchSize": 4, "maxBatchDelay": 2},
     "int8-w3t1-b8d5": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
                        "maxBatchDelay": 5},
     "eager-w2t1-b8d5": {"minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
     "compile": {"runtime": "compile", "threads": 1},
     "compile-w2t1-b8d5": {"runtime": "compile", "minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
 }
-DEFAULT_VARIANTS = ["eager", "int8-w2t1-b8d5"]
+DEFAULT_VARIANTS = ["eager", "mar-int8"]
 
 
 def free_ports(n: int) -> list[int]:
@@ -167,7 +173,9 @@ class Baseline(Target):
         self.log.close()
 
 
-def variant_model_config(overrides: dict) -> dict:
+def variant_model_config(overrides: dict | Path) -> dict:
+    if isinstance(overrides, Path):  # a whole model-config.yaml
+        return yaml.safe_load(overrides.read_text())
     cfg = yaml.safe_load(MODEL_CONFIG.read_text())
     handler = dict(cfg.get("handler") or {})
     for key, value in overrides.items():
@@ -278,30 +286,50 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
     elapsed = time.perf_counter() - t0
     cpu = target.cpu_seconds() - cpu0
     client_cpu = time.process_time() - client0
-    done = len(latencies) + len(errors) - n_before
-    lat = sorted(latencies)
-    pct = (lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None)
+    return {"latencies": latencies, "errors": errors, "answers": answers, "seconds": elapsed,
+            "server_cpu_s": cpu, "client_cpu_s": client_cpu}
+
+
+def merge_windows(concurrency: int, windows: list[dict]) -> dict:
+    """One level's result from its measurement windows (interleaved with the other servers' windows)."""
+    lat = sorted(x for w in windows for x in w["latencies"])
+    errors = [e for w in windows for e in w["errors"]]
+    answers = {}
+    for w in windows:
+        answers.update(w["answers"])
+    elapsed = sum(w["seconds"] for w in windows)
+    cpu = sum(w["server_cpu_s"] for w in windows)
+    client_cpu = sum(w["client_cpu_s"] for w in windows)
+    pct = (lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None)
     return {
         "concurrency": concurrency, "requests": len(lat) + len(errors), "ok": len(lat), "errors": len(errors),
-        "error_kinds": sorted(set(errors))[:5], "seconds": round(elapsed, 3),
+        "error_kinds": sorted(set(errors))[:5], "seconds": round(elapsed, 3), "windows": len(windows),
         "req_per_s": round(len(lat) / elapsed, 2) if elapsed else 0.0,
         "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
-        "mean_ms": 1000 * statistics.fmean(lat) if lat else None,
+        "mean_ms": round(1000 * statistics.fmean(lat), 3) if lat else None,
         "server_cpu_s": round(cpu, 3), "server_cores_used": round(cpu / elapsed, 3) if elapsed else None,
         "server_cpu_ms_per_req": round(1000 * cpu / len(lat), 3) if lat else None,
         "client_cores_used": round(client_cpu / elapsed, 3) if elapsed else None,
         "answers": answers,
-        "_wall_incl_warmup_s": round(time.perf_counter() - t_wall, 3), "_counted_after": n_before,
     }
 
 
-def run_target(target: Target, images, levels, duration, max_requests, warmup, log) -> dict:
-    out = {}
+def run_all(targets: list, images, levels, duration, max_requests, warmup, rounds, log) -> dict:
+    """Every level: `rounds` rounds, each giving every server one window of duration/rounds seconds,
+    in an order that rotates per round, so background load on a shared machine hits all servers alike."""
+    out = {t.name: {} for t in targets}
     for c in levels:
-        r = run_level(target, images, c, duration, max_requests, max(warmup, 2 * c))
-        log(f"  {target.name:>22} C={c:<3} {r['req_per_s']:7.1f} req/s  p50 {r['p50_ms'] or 0:6.1f} ms  "
-            f"p99 {r['p99_ms'] or 0:6.1f} ms  errors {r['errors']}  server CPU {r['server_cores_used']} cores")
-        out[str(c)] = r
+        windows = {t.name: [] for t in targets}
+        for r in range(rounds):
+            k = r % len(targets)
+            for t in targets[k:] + targets[:k]:
+                windows[t.name].append(run_level(t, images, c, duration / rounds, max(1, max_requests // rounds),
+                                                 max(warmup, 2 * c) if r == 0 else c))
+        for t in targets:
+            res = merge_windows(c, windows[t.name])
+            log(f"  {t.name:>22} C={c:<3} {res['req_per_s']:7.1f} req/s  p50 {res['p50_ms'] or 0:6.1f} ms  "
+                f"p99 {res['p99_ms'] or 0:6.1f} ms  errors {res['errors']}  server CPU {res['server_cores_used']} cores")
+            out[t.name][str(c)] = res
     return out
 
 
@@ -357,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per level (upper bound)")
     parser.add_argument("--max-requests", type=int, default=3000, help="requests per level (upper bound)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="windows per server and level, interleaved across servers (duration is split)")
     parser.add_argument("--warmup", type=int, default=20, help="uncounted requests before each level")
     parser.add_argument("--images", type=int, default=0, help="use only the first N test images (0: all)")
     parser.add_argument("--quick", action="store_true",
@@ -365,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.duration, args.max_requests, args.warmup, args.images = "1,8", 2.0, 40, 4, 16
-        args.baseline_threads = 0
+        args.baseline_threads, args.rounds = 0, 1
         if args.variants == ",".join(DEFAULT_VARIANTS):
             args.variants = "eager"
     levels = [int(c) for c in args.levels.split(",")]
@@ -383,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "closed-loop HTTP load, loopback, real test JPEGs as multipart `file`, one server at a time",
         "note": ("2 shared CPU cores (a training benchmark and other jobs run beside it): absolute req/s "
                  "drift from run to run; the ratios ours/baseline measured in this one run are the result"),
-        "levels": levels, "duration_s": args.duration, "max_requests": args.max_requests, "warmup": args.warmup,
+        "levels": levels, "duration_s": args.duration, "rounds": args.rounds, "max_requests": args.max_requests, "warmup": args.warmup,
         "images": len(images), "data": os.path.relpath(args.data, REPO),
         "machine": {"cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                     "loadavg_before": os.getloadavg()},
@@ -393,21 +423,25 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         order = [("baseline", None)] + ([("baseline-t", args.baseline_threads)] if args.baseline_threads else [])
         order += [(v, VARIANTS[v]) for v in variants]
-        reference = None
-        for name, overrides in order:
-            log(f"{name}: starting")
-            if overrides is None or isinstance(overrides, int):
-                target = Baseline(weights, tmp, overrides or 0)
-            else:
-                target = TorchServe(name, overrides, weights, tmp)
-            try:
-                res = run_target(target, images, levels, args.duration, args.max_requests, args.warmup, log)
-            finally:
+        targets = []
+        try:
+            for name, overrides in order:  # all up at once; an idle server costs next to no CPU
+                log(f"{name}: starting")
+                if overrides is None or isinstance(overrides, int):
+                    targets.append(Baseline(weights, tmp, overrides or 0))
+                else:
+                    targets.append(TorchServe(name, overrides, weights, tmp))
+            results = run_all(targets, images, levels, args.duration, args.max_requests, args.warmup,
+                              args.rounds, log)
+        finally:
+            for target in targets:
                 target.stop()
-            summary, answers = summarize_answers(res, truth, reference)
-            if overrides is None:
+        reference = None
+        for target in targets:
+            summary, answers = summarize_answers(results[target.name], truth, reference)
+            if target.name == "baseline":
                 reference = answers
-            entry = {"levels": res, **summary}
+            entry = {"levels": results[target.name], **summary}
             if isinstance(target, TorchServe):
                 entry["model_config"] = target.config
             report["servers"][target.name] = entry

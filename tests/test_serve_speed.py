@@ -44,13 +44,13 @@ def pte_ready() -> None:
         pytest.fail(f"{PTE_DIR} was exported from other weights: run `make export`")
 
 
-def serve_all(tmp_path, overrides: dict):
+def serve_all(tmp_path, overrides: dict, timeout: float = 180):
     """Answers of a TorchServe running an archive with these model-config overrides, and its model log."""
     store = tmp_path / "store"
     mar = serve_load.build_variant_mar(REPO / "weights", store, overrides)
     workdir, tmpdir = tmp_path / "work", tmp_path / "tmp"
     workdir.mkdir()
-    srv = server.start(serve_config_copy(tmp_path), workdir, tmpdir, mar, timeout=180)
+    srv = server.start(serve_config_copy(tmp_path), workdir, tmpdir, mar, timeout=timeout)
     try:
         url = f"{srv.cfg.inference_url}/predictions/hotdog"
 
@@ -87,6 +87,20 @@ def test_runtime_agrees_with_eager(tmp_path, eager_probs, runtime, max_diff, min
     assert worst <= max_diff
     assert agree / len(answers) >= min_agreement
     assert max(batch for *_, batch in answers) > 1  # batched: several requests shared one execute()
+
+
+def test_compile_runtime_agrees_with_eager(tmp_path, eager_probs, monkeypatch):
+    """torch.compile (inductor) behind the handler. The first compile takes about a minute on 2 cores;
+    its kernels are cached under .cache/inductor, so later runs start in seconds."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".cache" / "inductor"))
+    labels, expected = eager_probs
+    answers, log = serve_all(tmp_path, {"runtime": "compile", "threads": 1, "maxBatchDelay": 20,
+                                        "startupTimeout": 300}, timeout=400)
+    assert "(runtime compile, 1 threads)" in log
+    for key, body, _ in answers:
+        p = expected[key]
+        assert [body["probabilities"][label] for label in labels] == pytest.approx(p, abs=1e-4)
+        assert body["label"] == labels[max(range(len(p)), key=p.__getitem__)]
 
 
 def test_bench_serve_quick(tmp_path):
