@@ -231,7 +231,7 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
 
     def take():
         with lock:
-            if state["sent"] >= max_requests + warmup or (stop_at[0] and time.perf_counter() > stop_at[0]):
+            if state.get("closed") or state["sent"] >= max_requests + warmup or (stop_at[0] and time.perf_counter() > stop_at[0]):
                 return None
             i = state["next"] % len(images)
             state["next"] += 1
@@ -257,6 +257,8 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
             if is_warmup:
                 continue
             with lock:
+                if state.get("closed"):
+                    break
                 if status == 200:
                     latencies.append(dt)
                     try:
@@ -281,8 +283,15 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
         n_before = len(latencies) + len(errors)
     cpu0, client0, t0 = target.cpu_seconds(), time.process_time(), time.perf_counter()
     stop_at[0] = t0 + duration
+    # Bounded: requests still unanswered `grace` seconds after the window count as timeouts (a server
+    # that collapses under load must not stall the run); their threads finish on their own.
+    grace = max(5.0, duration)
     for t in threads:
-        t.join()
+        t.join(max(0.0, stop_at[0] + grace - time.perf_counter()))
+    with lock:
+        stuck = sum(t.is_alive() for t in threads)
+        errors.extend(["timeout (unanswered at window end + grace)"] * stuck)
+        state["closed"] = True  # the stuck threads record and send nothing more
     elapsed = time.perf_counter() - t0
     cpu = target.cpu_seconds() - cpu0
     client_cpu = time.process_time() - client0

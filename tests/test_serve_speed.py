@@ -6,6 +6,7 @@ serves the sample photos to it, several at once so they share a batch, and compa
 the eager fp32 model offline.
 """
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -89,9 +90,12 @@ def test_runtime_agrees_with_eager(tmp_path, eager_probs, runtime, max_diff, min
     assert max(batch for *_, batch in answers) > 1  # batched: several requests shared one execute()
 
 
+@pytest.mark.skipif(os.environ.get("HOTDOG_TEST_COMPILE") != "1",
+                    reason="torch.compile needs 1-2 min of inductor compilation per cold start on 2 cores "
+                           "(longer under load): run with HOTDOG_TEST_COMPILE=1")
 def test_compile_runtime_agrees_with_eager(tmp_path, eager_probs, monkeypatch):
-    """torch.compile (inductor) behind the handler. The first compile takes about a minute on 2 cores;
-    its kernels are cached under .cache/inductor, so later runs start in seconds."""
+    """torch.compile (inductor) behind the handler. The first compile takes minutes on 2 shared cores;
+    its kernels are cached under .cache/inductor, so later runs start faster."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".cache" / "inductor"))
     labels, expected = eager_probs
     answers, log = serve_all(tmp_path, {"runtime": "compile", "threads": 1, "maxBatchDelay": 20,
