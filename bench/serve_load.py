@@ -66,6 +66,8 @@ VARIANTS = {
                        "maxBatchDelay": 1},
     "int8-w2t1-b4d2": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
                        "batchSize": 4, "maxBatchDelay": 2},
+    "int8-w3t1-b8d1": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
+                       "maxBatchDelay": 1},
     "int8-w3t1-b8d5": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
                        "maxBatchDelay": 5},
     "eager-w2t1-b8d5": {"minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
