@@ -38,6 +38,10 @@ eval: setup
 # ExecuTorch .pte files for iOS (fp32, int8, Core ML) + hotdog.json in mobile_export/out/; regenerates the
 # iOS sample's PreprocessConstants.swift. int8 calibrates on training images only.
 .PHONY: export export-parity bench-mobile
+# The .pte files the serving runtimes (and their tests) take from mobile_export/out: exported once.
+PTE_META := mobile_export/out/hotdog.json
+$(PTE_META): | setup
+	$(MAKE) --no-print-directory export
 export: setup
 	$(PY) -m mobile_export.export --weights $(WEIGHTS) --calib-data $(DATA)
 
@@ -49,7 +53,7 @@ export-parity: setup
 bench-mobile: setup
 	$(PY) -m mobile_export.bench --weights $(WEIGHTS)
 
-test: setup mar grpc-stubs
+test: setup mar grpc-stubs $(PTE_META)
 	$(PY) -m pytest -q tests
 
 # --- Serving (TorchServe) ---------------------------------------------------------------------
@@ -76,7 +80,7 @@ CLIENT_ARGS = --config $(SERVE_CONFIG) --workdir $(SERVE_WORKDIR)
 
 # Start TorchServe on hotdog.mar, wait until the model is READY, then answer one prediction.
 serve: mar
-	$(PY) -m serving.server start $(CLIENT_ARGS) --tmpdir $(SERVE_TMPDIR)
+	$(PY) -m serving.server start $(CLIENT_ARGS) --tmpdir $(SERVE_TMPDIR) $(if $(SERVE_MAR),--mar $(SERVE_MAR))
 	$(PY) -m serving.http_client $(SAMPLE_IMG) $(CLIENT_ARGS)
 
 stop: setup
@@ -89,6 +93,23 @@ predict: setup
 predict-grpc: grpc-stubs
 	@test -n "$(IMG)" || { echo "usage: make predict-grpc IMG=path/to/photo.jpg" >&2; exit 2; }
 	$(PY) -m serving.grpc_client $(IMG) $(CLIENT_ARGS)
+
+# `make serve SERVE_MAR=model_store/int8/hotdog.mar` serves another archive (e.g. `make mar-int8`).
+SERVE_MAR ?=
+
+# hotdog.mar with the ExecuTorch XNNPACK int8 runtime and the tuned settings of
+# serve_config/model-config.int8.yaml -> model_store/int8/hotdog.mar (the default `make mar` stays eager).
+MAR_INT8 := model_store/int8/hotdog.mar
+mar-int8: $(MAR_INT8)
+$(MAR_INT8): $(MAR_INPUTS) serve_config/model-config.int8.yaml $(PTE_META) | setup
+	$(PY) -m serving.archive --weights $(WEIGHTS) --store $(dir $@) \
+		--model-config serve_config/model-config.int8.yaml --pte mobile_export/out/hotdog_xnnpack_int8.pte
+
+# Serving speed, side by side in one run: FastAPI baseline vs our TorchServe (eager, tuned int8), C=1/8/32
+# -> reports/bench_serve.{json,png}. BENCH_ARGS="--quick" for a smoke run, "--variants ..." for a sweep.
+.PHONY: mar-int8 bench-serve
+bench-serve: setup $(PTE_META)
+	$(PY) -m bench.serve_load $(BENCH_ARGS)
 
 # Every test/ image through the running server vs offline evaluation -> reports/serve_parity.json.
 serve-parity: setup

@@ -6,6 +6,15 @@ Decoding and preprocessing come from model_src.preprocess, the same code evaluat
 model is loaded through model_src.bundle (sha256-checked, weights_only). A request whose image
 cannot be used gets its own 4xx status and a JSON error; the rest of the batch is answered normally.
 
+The runtime behind it is chosen in model-config.yaml (`handler: {runtime: ..., threads: N}`):
+  eager           the fp32 PyTorch model (default);
+  compile         the same model through torch.compile (inductor), compiled and warmed at load;
+  executorch      the XNNPACK fp32 .pte the phone runs (mobile_export), by the ExecuTorch runtime;
+  executorch_int8 the XNNPACK int8 .pte (PT2E static quantization, mobile_export).
+The .pte runtimes need the program and its hotdog.json packed in the archive (serving.archive --pte);
+they take uint8 NCHW images and do normalization and softmax in the graph. `threads` sets
+torch.set_num_threads (and the ExecuTorch threadpool) per worker.
+
 This module defines exactly one class: TorchServe's loader instantiates the only class it finds.
 """
 from __future__ import annotations
@@ -23,7 +32,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 import model_src
 from model_src.bundle import load_bundle
-from model_src.preprocess import ImageError, decode_image, image_to_tensor
+from model_src.preprocess import ImageError, decode_image, image_to_tensor, image_to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +40,9 @@ logger = logging.getLogger(__name__)
 IMAGE_FIELDS = ("data", "body", "image", "file")
 HOTDOG_LABEL = "hot_dog"
 BATCH_HEADER = "X-Batch-Size"
+RUNTIMES = ("eager", "compile", "executorch", "executorch_int8")
+PTE_METADATA = "hotdog.json"
+PTE_PROGRAMS = {"executorch": "xnnpack_fp32", "executorch_int8": "xnnpack_int8"}
 
 
 def _payload(row: dict):
@@ -88,11 +100,57 @@ class HotdogHandler(BaseHandler):
         self.model_version = self.bundle_manifest["weights_sha256"][:12]
         if HOTDOG_LABEL not in self.labels:
             raise RuntimeError(f"model labels {self.labels} have no {HOTDOG_LABEL!r} class")
+        self._init_runtime(context, model_dir)
         self.initialized = True
         # Where model_src came from: the unpacked archive, unless something shadows it on sys.path.
-        logger.info("hotdog model %s loaded on %s, input %d px, labels %s, code from %s",
-                    self.model_version, self.device, self.spec.input_size, self.labels,
+        logger.info("hotdog model %s loaded on %s (runtime %s, %d threads), input %d px, labels %s, code from %s",
+                    self.model_version, self.device, self.runtime, torch.get_num_threads(),
+                    self.spec.input_size, self.labels,
                     os.path.dirname(os.path.dirname(model_src.__file__)))
+
+    def _init_runtime(self, context, model_dir: str) -> None:
+        options = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        self.runtime = str(options.get("runtime", "eager"))
+        if self.runtime not in RUNTIMES:
+            raise RuntimeError(f"handler.runtime {self.runtime!r} in model-config.yaml: expected one of {RUNTIMES}")
+        threads = options.get("threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.method = None
+        self.max_batch = None
+        if self.runtime == "compile":
+            self.model = torch.compile(self.model, dynamic=True)
+            with torch.inference_mode():  # compile now, not in the first request's time
+                for n in (1, 2):
+                    self.model(torch.zeros(n, 3, self.spec.input_size, self.spec.input_size))
+        elif self.runtime.startswith("executorch"):
+            self.method, self.max_batch = self._load_pte(model_dir, PTE_PROGRAMS[self.runtime], threads)
+
+    def _load_pte(self, model_dir: str, key: str, threads):
+        """The packed .pte's forward, after checking it is the program hotdog.json names, from these weights."""
+        import hashlib
+
+        from executorch.runtime import Runtime
+
+        meta_path = os.path.join(model_dir, PTE_METADATA)
+        if not os.path.exists(meta_path):
+            raise RuntimeError(f"runtime {self.runtime} needs {PTE_METADATA} and the .pte in the archive "
+                               "(build it with `python -m serving.archive --pte ...`)")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta["source_weights"]["sha256"] != self.bundle_manifest["weights_sha256"]:
+            raise RuntimeError("the packed .pte was exported from other weights: re-run `make export`")
+        entry = meta["programs"][key]
+        path = os.path.join(model_dir, entry["file"])
+        with open(path, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != entry["sha256"]:
+                raise RuntimeError(f"{entry['file']} does not match the sha256 in {PTE_METADATA}")
+        if threads:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(int(threads))
+        method = Runtime.get().load_program(path).load_method("forward")
+        return method, int(entry.get("batch", meta["input"]["batch"])["max"])
 
     # Metric names, types and dimensions (ModelName, Level; TorchServe adds them) match the
     # declarations in serve_config/metrics.yaml: the Prometheus endpoint shows only declared metrics.
@@ -123,7 +181,8 @@ class HotdogHandler(BaseHandler):
                 items.append(img)
                 continue
             try:
-                items.append(image_to_tensor(img, self.spec))
+                items.append(image_to_uint8(img, self.spec) if self.method is not None
+                             else image_to_tensor(img, self.spec))
             except Exception as e:  # noqa: BLE001 - e.g. a corrupt tail that PIL reads only now
                 logger.exception("unexpected error preprocessing a request")
                 items.append(ImageError(f"corrupt image: {e}"))
@@ -137,8 +196,12 @@ class HotdogHandler(BaseHandler):
         good = [i for i, item in enumerate(data) if isinstance(item, torch.Tensor)]
         results = list(data)
         if good:
-            batch = torch.stack([data[i] for i in good]).to(self.device)
-            probs = torch.softmax(self.model(batch).float(), dim=1).cpu()
+            batch = torch.stack([data[i] for i in good])
+            if self.method is not None:  # uint8 in, probabilities out (normalize + softmax in the graph)
+                probs = torch.cat([self.method.execute([batch[i:i + self.max_batch].contiguous()])[0]
+                                   for i in range(0, len(batch), self.max_batch)])
+            else:
+                probs = torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu()
             for row, i in enumerate(good):
                 results[i] = probs[row]
         self._add_ms("HotdogInferenceMs", start)

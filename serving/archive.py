@@ -32,7 +32,9 @@ def mar_inputs(weights: Path = REPO / "weights") -> list[Path]:
             *(REPO / "model_src" / f for f in MODEL_SRC_FILES)]
 
 
-def build_mar(weights: Path, store: Path = MODEL_STORE, name: str = MODEL_NAME) -> Path:
+def build_mar(weights: Path, store: Path = MODEL_STORE, name: str = MODEL_NAME,
+              model_config: Path = MODEL_CONFIG, pte: list[Path] | tuple = ()) -> Path:
+    """pte: ExecuTorch programs to pack (with the hotdog.json beside them) for the executorch runtimes."""
     weights = Path(weights)
     try:
         manifest = read_manifest(weights)
@@ -53,6 +55,12 @@ def build_mar(weights: Path, store: Path = MODEL_STORE, name: str = MODEL_NAME) 
             shutil.copy2(REPO / "model_src" / f, extra / "model_src" / f)
         shutil.copy2(weights / SPEC_FILE, extra / SPEC_FILE)
         shutil.copy2(weights / "manifest.json", extra / "manifest.json")
+        for program in map(Path, pte):
+            meta = program.parent / "hotdog.json"
+            if not program.exists() or not meta.exists():
+                raise ServeError(f"{program} (and hotdog.json beside it) not found: run `make export`")
+            shutil.copy2(program, extra / program.name)
+            shutil.copy2(meta, extra / meta.name)
         (extra / "index_to_name.json").write_text(
             json.dumps({str(i): label for i, label in enumerate(spec.labels)}, indent=2) + "\n")
         cmd = [str(archiver), "--model-name", name, "--version", manifest["weights_sha256"][:12],
@@ -60,7 +68,7 @@ def build_mar(weights: Path, store: Path = MODEL_STORE, name: str = MODEL_NAME) 
                "--serialized-file", str(model_pt),
                "--handler", str(HANDLER),
                "--extra-files", str(extra),
-               "--config-file", str(MODEL_CONFIG),
+               "--config-file", str(model_config),
                "--export-path", str(store), "--force"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -72,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(REPO / "weights"), help="trained-model folder")
     parser.add_argument("--store", default=str(MODEL_STORE), help="model store folder")
+    parser.add_argument("--name", default=MODEL_NAME, help="archive (and model) name")
+    parser.add_argument("--model-config", default=str(MODEL_CONFIG), help="model-config.yaml to pack")
+    parser.add_argument("--pte", action="append", default=[],
+                        help="ExecuTorch .pte to pack for the executorch runtimes (repeatable)")
     args = parser.parse_args(argv)
     try:
-        mar = build_mar(Path(args.weights), Path(args.store))
+        mar = build_mar(Path(args.weights), Path(args.store), args.name, Path(args.model_config),
+                        [Path(p) for p in args.pte])
     except ServeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,126 @@
+"""The handler's runtimes (model-config.yaml `handler: {runtime, threads}`) on a real TorchServe, and the
+side-by-side load generator in --quick mode. No timing is asserted: speed is measured by `make bench-serve`.
+
+Each runtime test builds an archive with that runtime (the .pte from mobile_export/out, `make export`),
+serves the sample photos to it, several at once so they share a batch, and compares every answer with
+the eager fp32 model offline.
+"""
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+
+from conftest import REPO, SAMPLE, serve_config_copy
+from bench import serve_load
+from model_src.bundle import load_bundle
+from model_src.preprocess import bytes_to_tensor
+from serving import server
+
+SAMPLES = sorted(SAMPLE.glob("*/*.jpg"))
+PTE_DIR = REPO / "mobile_export" / "out"
+
+
+@pytest.fixture(scope="module")
+def eager_probs():
+    model, spec, manifest = load_bundle(REPO / "weights")
+    out = {}
+    with torch.no_grad():
+        for path in SAMPLES:
+            out[path.name + path.parent.name] = torch.softmax(model(bytes_to_tensor(path.read_bytes(), spec)[None]),
+                                                              dim=1)[0].tolist()
+    return spec.labels, out
+
+
+def pte_ready() -> None:
+    meta = PTE_DIR / "hotdog.json"
+    if not meta.exists():
+        pytest.fail(f"{meta} is missing: run `make export` (or `make test`, which exports first)")
+    manifest = json.loads((REPO / "weights" / "manifest.json").read_text())
+    if json.loads(meta.read_text())["source_weights"]["sha256"] != manifest["weights_sha256"]:
+        pytest.fail(f"{PTE_DIR} was exported from other weights: run `make export`")
+
+
+def serve_all(tmp_path, overrides: dict, timeout: float = 180):
+    """Answers of a TorchServe running an archive with these model-config overrides, and its model log."""
+    store = tmp_path / "store"
+    mar = serve_load.build_variant_mar(REPO / "weights", store, overrides)
+    workdir, tmpdir = tmp_path / "work", tmp_path / "tmp"
+    workdir.mkdir()
+    srv = server.start(serve_config_copy(tmp_path), workdir, tmpdir, mar, timeout=timeout)
+    try:
+        url = f"{srv.cfg.inference_url}/predictions/hotdog"
+
+        def ask(path):
+            r = requests.post(url, data=path.read_bytes(), timeout=60,
+                              headers={**srv.inference_headers(), "Content-Type": "image/jpeg"})
+            assert r.status_code == 200, r.text
+            return path.name + path.parent.name, r.json(), int(r.headers["X-Batch-Size"])
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(ask, SAMPLES))
+        log = "\n".join(p.read_text(errors="replace") for p in (workdir / "logs").glob("model_log*.log"))
+    finally:
+        server.stop(workdir, tmpdir)
+    return answers, log
+
+
+@pytest.mark.parametrize("runtime,max_diff,min_agreement", [
+    ("executorch", 1e-4, 1.0),      # the phone's fp32 program: the same computation up to float rounding
+    ("executorch_int8", 0.1, 0.8),  # PT2E int8: test-split accuracy equal to fp32 (reports/mobile_parity.json)
+])
+def test_runtime_agrees_with_eager(tmp_path, eager_probs, runtime, max_diff, min_agreement):
+    pte_ready()
+    labels, expected = eager_probs
+    answers, log = serve_all(tmp_path, {"runtime": runtime, "threads": 1, "maxBatchDelay": 20})
+    assert f"(runtime {runtime}, 1 threads)" in log  # really that runtime, not a silent eager fallback
+    agree, worst = 0, 0.0
+    for key, body, _ in answers:
+        p = expected[key]
+        got = [body["probabilities"][label] for label in labels]
+        worst = max(worst, max(abs(a - b) for a, b in zip(got, p)))
+        agree += body["label"] == labels[max(range(len(p)), key=p.__getitem__)]
+        assert body["confidence"] == max(got) and sum(got) == pytest.approx(1, abs=1e-5)
+    assert worst <= max_diff
+    assert agree / len(answers) >= min_agreement
+    assert max(batch for *_, batch in answers) > 1  # batched: several requests shared one execute()
+
+
+@pytest.mark.skipif(os.environ.get("HOTDOG_TEST_COMPILE") != "1",
+                    reason="torch.compile needs 1-2 min of inductor compilation per cold start on 2 cores "
+                           "(longer under load): run with HOTDOG_TEST_COMPILE=1")
+def test_compile_runtime_agrees_with_eager(tmp_path, eager_probs, monkeypatch):
+    """torch.compile (inductor) behind the handler. The first compile takes minutes on 2 shared cores;
+    its kernels are cached under .cache/inductor, so later runs start faster."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".cache" / "inductor"))
+    labels, expected = eager_probs
+    answers, log = serve_all(tmp_path, {"runtime": "compile", "threads": 1, "maxBatchDelay": 20,
+                                        "startupTimeout": 300}, timeout=400)
+    assert "(runtime compile, 1 threads)" in log
+    for key, body, _ in answers:
+        p = expected[key]
+        assert [body["probabilities"][label] for label in labels] == pytest.approx(p, abs=1e-4)
+        assert body["label"] == labels[max(range(len(p)), key=p.__getitem__)]
+
+
+def test_bench_serve_quick(tmp_path):
+    """`make bench-serve` end to end, tiny: the FastAPI baseline and our TorchServe, one after the other."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "bench.serve_load", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["servers"]) == {"baseline", "ts-eager"}
+    for name, entry in report["servers"].items():
+        for c in ("1", "8"):
+            level = entry["levels"][c]
+            assert level["errors"] == 0 and level["ok"] > 0, (name, level)
+            assert level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"]
+            assert level["server_cpu_s"] > 0
+    assert report["servers"]["ts-eager"]["agreement_with_baseline"] == 1.0  # same weights, same eager fp32
+    assert report["servers"]["ts-eager"]["ratio_vs_baseline"]["8"]["req_per_s"] > 0
+    assert out.with_suffix(".png").stat().st_size > 0
