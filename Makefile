@@ -53,7 +53,7 @@ export-parity: setup
 bench-mobile: setup
 	$(PY) -m mobile_export.bench --weights $(WEIGHTS)
 
-test: setup mar grpc-stubs $(PTE_META)
+test: setup mar grpc-stubs
 	$(PY) -m pytest -q tests
 
 # --- Serving (TorchServe) ---------------------------------------------------------------------
