@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from serving import server as ts_server  # noqa: E402
 from serving.archive import MODEL_CONFIG, build_mar  # noqa: E402
 from serving.config import ServeConfig  # noqa: E402
+from serving.harness import free_ports  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hotdog" / "test"
 PTE_DIR = REPO / "mobile_export" / "out"
@@ -75,19 +75,6 @@ VARIANTS = {
     "compile-w2t1-b8d5": {"runtime": "compile", "minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
 }
 DEFAULT_VARIANTS = ["eager", "mar-int8"]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def load_images(data: Path, limit: int | None) -> list[tuple[str, str, bytes]]:

@@ -8,6 +8,8 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "data" / "sample"  # a few real photos per class, so tests need no ../shared
 sys.path.insert(0, str(REPO))
 
+from serving.harness import config_copy as serve_config_copy, free_ports  # noqa: E402  (after the path insert)
+
 # A ResNN small enough to train for a few epochs in seconds on 2 cores.
 TINY_TRAIN_ARGS = [
     "--widths", "[8, 16, 16, 32]", "--input-size", "64", "--resize-size", "72", "--cache-size", "72",
@@ -32,30 +34,6 @@ def _isolated_cache(tmp_path, monkeypatch):
     import training.data
 
     monkeypatch.setattr(training.data, "CACHE_DIR", tmp_path / "cache")
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports the OS reports free right now (all held open together, so no repeats)."""
-    import socket
-
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def serve_config_copy(folder: Path):
-    """serve_config/config.properties written to `folder` with free ports: a server of its own."""
-    from serving.config import ServeConfig
-
-    cfg = ServeConfig.load()
-    return cfg.write_copy(folder / "config.properties", dict(zip(cfg.listen_ports(), free_ports(5))))
 
 
 @pytest.fixture(scope="session")
