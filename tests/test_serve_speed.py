@@ -102,7 +102,9 @@ def test_runtime_agrees_with_eager(tmp_path, eager_probs, pte_dir, monkeypatch, 
 def test_bench_serve_quick(tmp_path):
     """`make bench-serve` end to end, tiny: the FastAPI baseline and our TorchServe, one after the other."""
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "bench.serve_load", "--quick", "--out", str(out)],
+    # The sample photos, not ../shared: the suite runs on a bare clone.
+    done = subprocess.run([sys.executable, "-m", "bench.serve_load", "--quick", "--data", str(SAMPLE),
+                           "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
