@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from model_src.bundle import BundleError, read_manifest
+from model_src.cli import run_cli
 from model_src.preprocess import SPEC_FILE, PreprocessSpec
 from serving.config import MODEL_NAME, MODEL_STORE, REPO, ServeError
 
@@ -76,7 +77,7 @@ def build_mar(weights: Path, store: Path = MODEL_STORE, name: str = MODEL_NAME,
     return store / f"{name}.mar"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(REPO / "weights"), help="trained-model folder")
     parser.add_argument("--store", default=str(MODEL_STORE), help="model store folder")
@@ -85,15 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pte", action="append", default=[],
                         help="ExecuTorch .pte to pack for the executorch runtimes (repeatable)")
     args = parser.parse_args(argv)
-    try:
-        mar = build_mar(Path(args.weights), Path(args.store), args.name, Path(args.model_config),
-                        [Path(p) for p in args.pte])
-    except ServeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    mar = build_mar(Path(args.weights), Path(args.store), args.name, Path(args.model_config),
+                    [Path(p) for p in args.pte])
     print(f"wrote {mar.relative_to(REPO) if mar.is_relative_to(REPO) else mar} ({mar.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    return mar
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, (ServeError,))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -13,6 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from model_src.cli import run_cli
 from serving.config import REPO, ServeError
 
 STUBS_DIR = REPO / "build" / "grpc"
@@ -59,18 +60,18 @@ def import_stubs(folder: Path = STUBS_DIR):
     return inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(STUBS_DIR))
     args = parser.parse_args(argv)
-    try:
-        out = generate(Path(args.out))
-    except ServeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = generate(Path(args.out))
     print(f"gRPC stubs for {', '.join(PROTOS)} in {out}")
-    return 0
+    return out
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, (ServeError,))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
