@@ -31,7 +31,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 import model_src
-from model_src.bundle import load_bundle
+from model_src.bundle import load_bundle, sha256_file
 from model_src.preprocess import ImageError, decode_image, image_to_tensor, image_to_uint8
 
 logger = logging.getLogger(__name__)
@@ -128,8 +128,6 @@ class HotdogHandler(BaseHandler):
 
     def _load_pte(self, model_dir: str, key: str, threads):
         """The packed .pte's forward, after checking it is the program hotdog.json names, from these weights."""
-        import hashlib
-
         from executorch.runtime import Runtime
 
         meta_path = os.path.join(model_dir, PTE_METADATA)
@@ -142,9 +140,8 @@ class HotdogHandler(BaseHandler):
             raise RuntimeError("the packed .pte was exported from other weights: re-run `make export`")
         entry = meta["programs"][key]
         path = os.path.join(model_dir, entry["file"])
-        with open(path, "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != entry["sha256"]:
-                raise RuntimeError(f"{entry['file']} does not match the sha256 in {PTE_METADATA}")
+        if sha256_file(path) != entry["sha256"]:
+            raise RuntimeError(f"{entry['file']} does not match the sha256 in {PTE_METADATA}")
         if threads:
             from executorch.extension.pybindings import portable_lib
 

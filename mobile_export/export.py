@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
-from model_src.bundle import BundleError, load_bundle
+from model_src.bundle import BundleError, load_bundle, sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_uint8
 
@@ -212,14 +212,6 @@ def _display(path: Path) -> str:
     """Paths in the metadata relative to the repo when they sit beside it, so they read the same on any clone."""
     path = Path(path).resolve()
     return os.path.relpath(path, REPO) if path.is_relative_to(REPO.parent) else str(path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _planned_memory_bytes(program) -> int:

@@ -18,6 +18,15 @@ from model_src.resnn import ResNN, build_model
 MANIFEST_FILE = "manifest.json"
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks (weights and .pte files are megabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class BundleError(RuntimeError):
     pass
 

@@ -6,7 +6,6 @@ preprocess.json, config.yaml, metrics.jsonl, manifest.json, data_files.txt, chec
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from model_src.bundle import sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import PreprocessSpec, normalize
 from model_src.resnn import ResNN
@@ -35,10 +35,6 @@ def atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class WarmupCosine:
