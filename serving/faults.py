@@ -124,7 +124,12 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
                 new_ready_at, new_pid = load.now(), w["pid"]
                 break
             time.sleep(0.1)
-        time.sleep(after)  # keep the load on: the new worker must serve it
+        # Keep the load on until the new worker has answered (a loaded machine may take longer than
+        # `after`), then `after` more seconds of it serving.
+        while load.now() - t_fault < max_wait and not any(
+                r["status"] == 200 and r["start"] >= t_fault for r in list(load.records)):
+            time.sleep(0.1)
+        time.sleep(after)
         t_end = load.now()
     if fault == "hang":
         try:  # TorchServe should have killed it; never leave a stopped process behind
