@@ -7,7 +7,7 @@ TEST_DATA ?= ../shared/data/hotdog/test
 RUN ?= runs/latest
 WEIGHTS ?= weights
 
-.PHONY: setup train ship eval bench-train test clean mar grpc-stubs serve stop predict predict-grpc serve-parity web
+.PHONY: setup train ship eval bench-train bench-train-step test clean mar grpc-stubs serve stop predict predict-grpc serve-parity web
 
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -30,6 +30,10 @@ ship:
 # Time to accuracy, seed recipe vs ours, same budget and data, one after the other (about 70 min).
 bench-train: setup
 	$(PY) -m training.bench_train --data $(DATA) --test-data $(TEST_DATA)
+
+# Training-step speed of eager vs channels_last vs torch.compile on this CPU -> reports/bench_train_step.json
+bench-train-step: setup
+	$(PY) -m training.bench_step
 
 # Evaluate weights (default: the shipped ones) on the test split; writes JSON + PNGs beside them.
 eval: setup

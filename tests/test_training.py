@@ -51,6 +51,47 @@ def test_two_epoch_run_writes_every_output(sample_tree, tmp_path):
         assert (out / name).exists()
 
 
+def test_source_repeats_lengthen_the_epoch_by_that_source_only():
+    order = train.epoch_sample_order(["kaggle", "extra", "kaggle", "extra", "extra"], {"kaggle": 3})
+    assert order.tolist() == [0, 0, 0, 1, 2, 2, 2, 3, 4]
+    assert train.epoch_sample_order(["a", "b"], {}).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("metric", ["loss", "acc"])
+def test_checkpoint_is_chosen_by_the_configured_validation_metric(sample_tree, tmp_path, metric):
+    out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / metric), "--epochs", "4",
+                      "--select-metric", metric, "--source-repeats", "{kaggle: 2}", *TINY_TRAIN_ARGS,
+                      "--batch-size", "4", "--ema-decay", "0"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    manifest = json.loads((out / "manifest.json").read_text())
+    if metric == "loss":
+        expected = min(rows, key=lambda r: (r["val_loss_kaggle"], r["epoch"]))
+    else:
+        expected = max(rows, key=lambda r: (r["val_acc_kaggle"], -r["epoch"]))
+    assert manifest["select_metric"] == metric and manifest["best_epoch"] == expected["epoch"]
+    assert manifest["best_val_loss_kaggle"] == pytest.approx(expected["val_loss_kaggle"])
+    # 8 training images, 4 of them Kaggle, each seen twice: 12 per epoch (3 batches of 4).
+    assert rows[0]["train_images"] == 12
+
+
+def test_unknown_select_metric_is_refused(sample_tree, tmp_path, capsys):
+    code = train.cli(["--data", str(sample_tree), "--out", str(tmp_path / "r"), "--select-metric", "f1",
+                      *TINY_TRAIN_ARGS])
+    assert code != 0 and "select_metric must be 'loss' or 'acc'" in capsys.readouterr().err
+
+
+def test_step_benchmark_records_each_variant(tmp_path):
+    report = tmp_path / "step.json"
+    proc = run_cli("training.bench_step", "--sizes", "32", "--variants", "eager,channels_last", "--widths",
+                   "8,8,16,16", "--batch", "4", "--steps", "1", "--rounds", "1", "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(report.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["eager", "channels_last"]
+    assert rows[0]["img_per_s"] > 0 and rows[0]["vs_eager"] == 1.0
+    # A crashed variant is data, not a benchmark failure; either way each run is accounted for.
+    assert all(r["runs"] == 1 and (r["crashes"] == 1) == (r["img_per_s"] is None) for r in rows)
+
+
 def test_killed_run_resumes_to_the_same_result(sample_tree, tmp_path):
     args = ["--data", str(sample_tree), "--epochs", "6", *TINY_TRAIN_ARGS]
     env = {"HOTDOG_CACHE": str(tmp_path / "cache")}

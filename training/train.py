@@ -119,12 +119,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg: TrainConfig, state: dict,
+def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoch_order, cfg: TrainConfig, state: dict,
                     epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at, ranks: Dist
                     ) -> dict:
     model.train()
     # Seeds depend only on (seed, epoch, rank), so a resumed run replays the epochs it missed exactly.
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    perm = epoch_order[torch.randperm(len(epoch_order), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))]
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_000 + ranks.rank)
     torch.manual_seed(cfg.seed * 100_003 + epoch * 1_000 + ranks.rank)  # dropout / drop-path
     local_batch = cfg.batch_size // ranks.world
@@ -180,17 +180,24 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, cfg:
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, spec: PreprocessSpec, device, batch_size: int = 128) -> tuple[float, torch.Tensor]:
-    """Mean cross-entropy and per-image correctness on preprocessed uint8 images."""
+def evaluate(model, images, labels, spec: PreprocessSpec, device, batch_size: int = 128
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image cross-entropy and correctness on preprocessed uint8 images."""
     model.eval()
-    losses, hits = [], []
+    losses, hits = [torch.zeros(0)], [torch.zeros(0, dtype=torch.bool)]
     for i in range(0, len(images), batch_size):
         x = normalize(images[i:i + batch_size], spec).to(device)
         y = labels[i:i + batch_size].to(device)
         logits = model(x).float()
-        losses.append(F.cross_entropy(logits, y, reduction="sum").item())
+        losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
         hits.append((logits.argmax(1) == y).cpu())
-    return sum(losses) / max(len(images), 1), torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    return torch.cat(losses), torch.cat(hits)
+
+
+def epoch_sample_order(sources: list[str], repeats: dict[str, int]) -> torch.Tensor:
+    """Indices one epoch visits: every training image, a source's images `repeats[source]` times."""
+    return torch.tensor([i for i, s in enumerate(sources) for _ in range(max(1, int(repeats.get(s, 1))))],
+                        dtype=torch.long)
 
 
 def check_writable(out: Path) -> None:
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not train_s or not val_s:
         raise DataError(f"split of {data_root} left {len(train_s)} train / {len(val_s)} val images")
     spec = PreprocessSpec(labels=labels, input_size=cfg.input_size, resize_size=cfg.resize_size)
-    train_x, train_y, _, skipped_train = load_cached(train_s, cfg.cache_size, cfg.cache_size, spec.max_pixels,
+    train_x, train_y, train_kept, skipped_train = load_cached(train_s, cfg.cache_size, cfg.cache_size, spec.max_pixels,
                                                      cfg.decode_workers)
     val_x, val_y, val_kept, skipped_val = load_cached(val_s, spec.resize_size, spec.input_size, spec.max_pixels,
                                                       cfg.decode_workers)
@@ -243,8 +250,11 @@ def main(argv: list[str] | None = None) -> Path:
     select_mask = torch.tensor([s == cfg.select_source for s in val_sources])
     if not select_mask.any():
         select_mask = torch.ones(len(val_sources), dtype=torch.bool)
-    if len(train_x) < cfg.batch_size:
-        cfg.batch_size = len(train_x)  # tiny data trees (tests): one batch per epoch
+    if cfg.select_metric not in ("loss", "acc"):
+        raise DataError(f"select_metric must be 'loss' or 'acc', got {cfg.select_metric!r}")
+    epoch_order = epoch_sample_order([train_s[i].source for i in train_kept.tolist()], cfg.source_repeats)
+    if len(epoch_order) < cfg.batch_size:
+        cfg.batch_size = len(epoch_order)  # tiny data trees (tests): one batch per epoch
     cfg.batch_size -= cfg.batch_size % ranks.world  # every rank takes an equal share of each batch
 
     # Model, optimiser, EMA.
@@ -265,9 +275,11 @@ def main(argv: list[str] | None = None) -> Path:
     augment = TrainAugment(spec, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter,
                            erasing=cfg.random_erasing)
     lr_at = WarmupCosine(cfg.lr, cfg.warmup, cfg.schedule)
-    steps_per_epoch = len(train_x) // cfg.batch_size
+    steps_per_epoch = len(epoch_order) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    state = {"step": 0, "train_seconds": 0.0, "best": -1.0, "best_epoch": -1, "epoch": 0}
+    # "best" is the selection score, higher is better (minus the loss when selecting on loss).
+    state = {"step": 0, "train_seconds": 0.0, "best": -math.inf, "best_epoch": -1, "epoch": 0,
+             "best_val_acc": None, "best_val_loss": None}
 
     metrics_path = out / "metrics.jsonl"
     if args.resume:
@@ -299,7 +311,7 @@ def main(argv: list[str] | None = None) -> Path:
         if cfg.time_budget_min and state["train_seconds"] >= cfg.time_budget_min * 60:
             break
         epoch_start = time.perf_counter()
-        row = train_one_epoch(train_model, ema, optimizer, scaler, augment, train_x, train_y, cfg, state,
+        row = train_one_epoch(train_model, ema, optimizer, scaler, augment, train_x, train_y, epoch_order, cfg, state,
                               epoch, device, autocast, steps_per_epoch, total_steps, lr_at, ranks)
         budget_done = bool(cfg.time_budget_min) and state["train_seconds"] >= cfg.time_budget_min * 60
         last = epoch == cfg.epochs or budget_done
@@ -312,14 +324,16 @@ def main(argv: list[str] | None = None) -> Path:
                 break
             continue
         if epoch % cfg.eval_every == 0 or last:
-            val_loss, hits = evaluate(eval_model, val_x, val_y, spec, device)
-            row.update(val_loss=val_loss, val_acc=hits.float().mean().item())
+            losses, hits = evaluate(eval_model, val_x, val_y, spec, device)
+            row.update(val_loss=losses.mean().item(), val_acc=hits.float().mean().item())
             for source in sorted(set(val_sources)):
                 mask = torch.tensor([s == source for s in val_sources])
                 row[f"val_acc_{source}"] = hits[mask].float().mean().item()
-            score = hits[select_mask].float().mean().item()
+                row[f"val_loss_{source}"] = losses[mask].mean().item()
+            sel_acc, sel_loss = hits[select_mask].float().mean().item(), losses[select_mask].mean().item()
+            score = -sel_loss if cfg.select_metric == "loss" else sel_acc
             if score > state["best"]:
-                state["best"], state["best_epoch"] = score, epoch
+                state.update(best=score, best_epoch=epoch, best_val_acc=sel_acc, best_val_loss=sel_loss)
                 atomic_save(eval_model.state_dict(), out / "model.pt")
         row["peak_rss_mib"] = peak_rss_mib()
         atomic_save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
@@ -345,7 +359,9 @@ def main(argv: list[str] | None = None) -> Path:
         "data_root": str(data_root),
         "data_files_sha256": file_list_sha256(train_s + val_s, data_root),
         "train_images": len(train_x), "val_images": len(val_x), "skipped_files": skipped,
-        "best_epoch": state["best_epoch"], f"best_val_acc_{cfg.select_source}": state["best"],
+        "select_metric": cfg.select_metric, "best_epoch": state["best_epoch"],
+        f"best_val_acc_{cfg.select_source}": state["best_val_acc"],
+        f"best_val_loss_{cfg.select_source}": state["best_val_loss"],
         "epochs_run": state["epoch"], "train_minutes": state["train_seconds"] / 60,
         "wall_minutes_this_process": (time.perf_counter() - wall_start) / 60,
         "device": str(device), "torch": torch.__version__,
@@ -353,7 +369,8 @@ def main(argv: list[str] | None = None) -> Path:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     from training.plots import plot_curves
     plot_curves(metrics_path, out / "curves.png")
-    print(f"done: {out} (best {cfg.select_source} val acc {state['best']:.4f} at epoch {state['best_epoch']})",
+    print(f"done: {out} (chosen on {cfg.select_source} val {cfg.select_metric}: epoch {state['best_epoch']}, "
+          f"val acc {state['best_val_acc']:.4f}, val loss {state['best_val_loss']:.4f})",
           file=sys.stderr)
     return out
 
