@@ -60,6 +60,19 @@ class ResNN(nn.Module):
         return self.head(self.dropout(x))
 
 
+def inference_gflops(model: nn.Module, input_size: int) -> float:
+    """Floating-point operations (a multiply-add counts 2) for one image at `input_size`, in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, input_size, input_size, device=param.device, dtype=param.dtype))
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
 def build_model(arch: dict) -> ResNN:
     """Build from the `arch` dict stored in a run's manifest (the one description of a trained model)."""
     return ResNN(

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model_src.resnn import SEED_WIDTHS, ResNN
+from model_src.resnn import SEED_WIDTHS, ResNN, inference_gflops
 
 
 def expected_params(widths, num_classes=2):
@@ -45,3 +45,11 @@ def test_model_file_imports_only_torch():
     roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert roots <= {"torch", "__future__"}
+
+
+def test_seed_model_costs_the_issues_0_98_gflop_at_192px():
+    model = ResNN(2, SEED_WIDTHS)
+    assert inference_gflops(model, 192) == pytest.approx(0.98, abs=0.005)
+    # Convolutions scale with pixels: 144 px is (144/192)^2 of the cost, give or take the head.
+    assert inference_gflops(model, 144) == pytest.approx(0.98 * (144 / 192) ** 2, rel=0.02)
+    assert model.training  # measuring does not leave the model in eval mode

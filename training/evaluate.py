@@ -17,6 +17,7 @@ import torch
 from model_src.bundle import BundleError, load_bundle
 from model_src.cli import run_cli
 from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_tensor
+from model_src.resnn import inference_gflops
 from training.data import SHARED_DATA, DataError, scan_image_folder
 from training.plots import plot_confusion, plot_curves
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = classification_report(y_true, probs, spec.labels)
     name = args.name or data.name
     report.update(split=name, data=str(data), skipped=skipped, weights_sha256=manifest["weights_sha256"],
-                  input_size=spec.input_size)
+                  input_size=spec.input_size, gflops_per_image=round(inference_gflops(model, spec.input_size), 4))
     out = Path(args.out or args.weights)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"eval_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
                    f"{name}: accuracy {report['accuracy']:.3f}")
     if (Path(args.weights) / "metrics.jsonl").exists():
         plot_curves(Path(args.weights) / "metrics.jsonl", out / "curves.png")
-    print(json.dumps({k: report[k] for k in ("split", "n", "accuracy", "roc_auc") if k in report}))
+    print(json.dumps({k: report[k] for k in ("split", "n", "accuracy", "roc_auc", "gflops_per_image") if k in report}))
     return report
 
 
