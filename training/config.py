@@ -61,7 +61,9 @@ class TrainConfig:
     # Runtime
     device: str = "auto"  # auto, cpu, cuda
     amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA), bf16, fp16, off
-    channels_last: str = "auto"  # auto = on CUDA only (it crashed CPU backward on torch 2.14.1)
+    # auto = on CUDA only. On this CPU (torch 2.14.1) channels_last and torch.compile training steps abort
+    # with heap corruption (make bench-train-step, reports/bench_train_step.json).
+    channels_last: str = "auto"
     compile: bool = False
     threads: int = 0  # 0 = torch default
     decode_workers: int = 2

@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> Path:
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         state = ckpt["scheduler"]
+        if "best_val_loss" not in state:  # written before select_metric existed: "best" held an accuracy
+            state.update(best=-math.inf, best_val_acc=None, best_val_loss=None)
         # Drop metric lines written after the checkpoint (a kill between the two writes).
         if ranks.main and metrics_path.exists():
             lines = [ln for ln in metrics_path.read_text().splitlines()
@@ -369,8 +371,9 @@ def main(argv: list[str] | None = None) -> Path:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     from training.plots import plot_curves
     plot_curves(metrics_path, out / "curves.png")
+    acc, loss = (("n/a" if v is None else f"{v:.4f}") for v in (state["best_val_acc"], state["best_val_loss"]))
     print(f"done: {out} (chosen on {cfg.select_source} val {cfg.select_metric}: epoch {state['best_epoch']}, "
-          f"val acc {state['best_val_acc']:.4f}, val loss {state['best_val_loss']:.4f})",
+          f"val acc {acc}, val loss {loss})",
           file=sys.stderr)
     return out
 
