@@ -30,8 +30,11 @@ def fault_server(tmp_path_factory):
 @pytest.mark.parametrize("fault", ["kill", "hang"])
 def test_worker_fault_recovers_without_hang(fault_server, fault):
     images = faults.sample_images(6)
+    # TorchServe answers the dead worker's in-flight requests (507) only once it has replaced the worker,
+    # which took 13-18 s with a training job beside it and over 30 s once during a full `make test`:
+    # a hang is no answer at all, so the client waits longer than any restart seen here.
     result = faults.inject(fault_server, fault, images, threads=THREADS, warmup=1.5, after=2.0,
-                           client_timeout=30.0)
+                           client_timeout=120.0)
     assert result["requests_before_fault"] > 0
     assert result["new_worker_pid"] and result["new_worker_pid"] != result["old_worker_pid"], result
     assert worker_pids(fault_server) == [result["new_worker_pid"]]
