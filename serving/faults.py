@@ -115,6 +115,10 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
     pid = old["pid"]
     with Load(srv, images, threads, client_timeout) as load:
         time.sleep(warmup)
+        # The fault must land on a worker that is serving: on a loaded machine the first answers can
+        # take longer than `warmup`.
+        while load.now() < max_wait and not any(r["status"] == 200 for r in list(load.records)):
+            time.sleep(0.1)
         t_fault = load.now()
         os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         new_ready_at, new_pid = None, None
