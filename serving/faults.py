@@ -107,6 +107,18 @@ def _ready_worker(srv) -> dict | None:
         return None
 
 
+def _probe(load: Load) -> dict:
+    """One request on its own connection; returns its status and seconds."""
+    start = time.monotonic()
+    try:
+        r = requests.post(load.url, data=load.images[0], timeout=load.timeout,
+                          headers={**load.srv.inference_headers(), "Content-Type": "image/jpeg"})
+        status = r.status_code
+    except requests.RequestException as e:
+        status = type(e).__name__
+    return {"status": status, "seconds": round(time.monotonic() - start, 2)}
+
+
 def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float = 3.0, after: float = 5.0,
            max_wait: float = 90.0, client_timeout: float = 30.0) -> dict:
     """Run load, inject `fault` into the worker, wait for recovery, return the measurements."""
@@ -128,6 +140,9 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
                 new_ready_at, new_pid = load.now(), w["pid"]
                 break
             time.sleep(0.1)
+        # A fresh request once the new worker is READY: the load threads may all still be waiting on
+        # requests the dead worker held (TorchServe sometimes leaves those unanswered).
+        probe = _probe(load) if new_ready_at is not None else None
         # Keep the load on until the new worker has answered (a loaded machine may take longer than
         # `after`), then `after` more seconds of it serving.
         while load.now() - t_fault < max_wait and not any(
@@ -159,6 +174,9 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
         "seconds_to_new_ready_worker": None if new_ready_at is None else round(new_ready_at - t_fault, 2),
         "slowest_request_s": round(max(r["end"] - r["start"] for r in recs), 2),
         "client_timeouts": sum(r["status"] == "client-timeout" for r in recs),
+        "client_timeouts_started_before_fault": sum(r["status"] == "client-timeout" and r["start"] < t_fault
+                                                    for r in recs),
+        "probe_after_new_worker": probe,
         "good_answers_after_recovery": sum(r["status"] == 200 for r in affected
                                            if new_ready_at and r["start"] >= new_ready_at - t_fault),
         "observed_seconds": round(t_end, 1),
