@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -58,9 +59,12 @@ class Load:
         self.url = f"{srv.cfg.inference_url}/predictions/{MODEL_NAME}"
         self.t0 = time.monotonic()
 
+    def headers(self) -> dict:
+        return {**self.srv.inference_headers(), "Content-Type": "image/jpeg"}
+
     def _client(self, idx: int) -> None:
         session = requests.Session()
-        headers = {**self.srv.inference_headers(), "Content-Type": "image/jpeg"}
+        headers = self.headers()
         i = idx
         while not self.stop_event.is_set():
             data = self.images[i % len(self.images)]
@@ -99,6 +103,12 @@ class Load:
     def now(self) -> float:
         return time.monotonic() - self.t0
 
+    def wait_for_good_answer(self, sent_after: float, deadline: float) -> None:
+        """Until a request started at or after `sent_after` got 200, or `deadline` (both on now())."""
+        while self.now() < deadline and not any(
+                r["status"] == 200 and r["start"] >= sent_after for r in list(self.records)):
+            time.sleep(0.1)
+
 
 def _ready_worker(srv) -> dict | None:
     try:
@@ -111,8 +121,7 @@ def _probe(load: Load) -> dict:
     """One request on its own connection; returns its status and seconds."""
     start = time.monotonic()
     try:
-        r = requests.post(load.url, data=load.images[0], timeout=load.timeout,
-                          headers={**load.srv.inference_headers(), "Content-Type": "image/jpeg"})
+        r = requests.post(load.url, data=load.images[0], timeout=load.timeout, headers=load.headers())
         status = r.status_code
     except requests.RequestException as e:
         status = type(e).__name__
@@ -129,8 +138,7 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
         time.sleep(warmup)
         # The fault must land on a worker that is serving: on a loaded machine the first answers can
         # take longer than `warmup`.
-        while load.now() < max_wait and not any(r["status"] == 200 for r in list(load.records)):
-            time.sleep(0.1)
+        load.wait_for_good_answer(sent_after=0.0, deadline=max_wait)
         t_fault = load.now()
         os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         new_ready_at, new_pid = None, None
@@ -145,9 +153,7 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
         probe = _probe(load) if new_ready_at is not None else None
         # Keep the load on until the new worker has answered (a loaded machine may take longer than
         # `after`), then `after` more seconds of it serving.
-        while load.now() - t_fault < max_wait and not any(
-                r["status"] == 200 and r["start"] >= t_fault for r in list(load.records)):
-            time.sleep(0.1)
+        load.wait_for_good_answer(sent_after=t_fault, deadline=t_fault + max_wait)
         time.sleep(after)
         t_end = load.now()
     if fault == "hang":
@@ -191,7 +197,7 @@ def sample_images(n: int = 12) -> list[bytes]:
 def run(faults: list[str], response_timeout: int = 5, threads: int = 4, base: Path | None = None) -> dict:
     images = sample_images()
     results = []
-    with __import__("tempfile").TemporaryDirectory(prefix="hotdog-faults-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hotdog-faults-") as tmp:
         mar = short_timeout_mar(Path(tmp) / "store" / "hotdog.mar", response_timeout)
         with private_server(mar, base=base) as srv:
             for fault in faults:

@@ -212,6 +212,8 @@ def check_writable(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     cfg, args = parse_config(argv)
+    if cfg.select_metric not in ("loss", "acc"):  # before minutes of decoding, not after
+        raise DataError(f"select_metric must be 'loss' or 'acc', got {cfg.select_metric!r}")
     wall_start = time.perf_counter()
     out = Path(cfg.out)
     check_writable(out)
@@ -250,8 +252,6 @@ def main(argv: list[str] | None = None) -> Path:
     select_mask = torch.tensor([s == cfg.select_source for s in val_sources])
     if not select_mask.any():
         select_mask = torch.ones(len(val_sources), dtype=torch.bool)
-    if cfg.select_metric not in ("loss", "acc"):
-        raise DataError(f"select_metric must be 'loss' or 'acc', got {cfg.select_metric!r}")
     epoch_order = epoch_sample_order([train_s[i].source for i in train_kept.tolist()], cfg.source_repeats)
     if len(epoch_order) < cfg.batch_size:
         cfg.batch_size = len(epoch_order)  # tiny data trees (tests): one batch per epoch
