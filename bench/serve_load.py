@@ -46,7 +46,7 @@ PTE_DIR = REPO / "mobile_export" / "out"
 PTE_FILES = {"executorch": "hotdog_xnnpack_fp32.pte", "executorch_int8": "hotdog_xnnpack_int8.pte"}
 BOUNDARY = "hotdogbenchboundary7e1c"
 
-# name -> overrides of serve_config/model-config.yaml ("runtime"/"threads" go under `handler:`).
+# name -> overrides of serve_config/model-config.yaml (HANDLER_OPTIONS go under `handler:`).
 INT8_CONFIG = REPO / "serve_config" / "model-config.int8.yaml"
 VARIANTS = {
     "eager": {},  # the shipped model-config.yaml as it is (what `make mar` packs)
@@ -66,6 +66,8 @@ VARIANTS = {
                        "maxBatchDelay": 1},
     "int8-w2t1-b4d2": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
                        "batchSize": 4, "maxBatchDelay": 2},
+    "int8-w2t1-b8d1-draft": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
+                             "maxBatchDelay": 1, "jpeg_draft": True},
     "int8-w3t1-b8d1": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
                        "maxBatchDelay": 1},
     "int8-w3t1-b8d5": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
@@ -105,21 +107,22 @@ class Target:
     headers: dict
     pid: int
 
-    def cpu_seconds(self) -> float:
-        """user+system CPU of the server's process tree (children that already exited are not counted)."""
+    def cpu_seconds(self) -> tuple[float, float]:
+        """user+system CPU of the server's root process and of its children (TorchServe: the Java
+        frontend and the Python workers); children that already exited are not counted."""
         try:
             root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
+            children = root.children(recursive=True)
         except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for p in procs:
+            return 0.0, 0.0
+
+        def cpu(p):
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
+                return t.user + t.system
             except psutil.NoSuchProcess:
-                pass
-        return total
+                return 0.0
+        return cpu(root), sum(map(cpu, children))
 
 
 class Baseline(Target):
@@ -162,13 +165,16 @@ class Baseline(Target):
         self.log.close()
 
 
+HANDLER_OPTIONS = ("runtime", "threads", "jpeg_draft")  # keys that live under `handler:`
+
+
 def variant_model_config(overrides: dict | Path) -> dict:
     if isinstance(overrides, Path):  # a whole model-config.yaml
         return yaml.safe_load(overrides.read_text())
     cfg = yaml.safe_load(MODEL_CONFIG.read_text())
     handler = dict(cfg.get("handler") or {})
     for key, value in overrides.items():
-        if key in ("runtime", "threads"):
+        if key in HANDLER_OPTIONS:
             handler[key] = value
         else:
             cfg[key] = value
@@ -214,7 +220,8 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
     """Closed loop: `concurrency` threads, each sends its next image as soon as its answer arrives."""
     headers = {**target.headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     lock = threading.Lock()
-    state = {"next": 0, "sent": 0}
+    state = {"next": 0, "sent": 0, "warm": 0}
+    window_open = threading.Event()
     latencies, errors, answers = [], [], {}
     stop_at = [0.0]
 
@@ -231,6 +238,8 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
         conn = http.client.HTTPConnection(target.host, target.port, timeout=60)
         while (job := take()) is not None:
             i, is_warmup = job
+            if not is_warmup:
+                window_open.wait()  # counted requests start together, when the clock does
             rel, _, body = images[i]
             t0 = time.perf_counter()
             try:
@@ -244,6 +253,8 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
                 status, data = f"{type(e).__name__}", b""
             dt = time.perf_counter() - t0
             if is_warmup:
+                with lock:
+                    state["warm"] += 1
                 continue
             with lock:
                 if state.get("closed"):
@@ -263,15 +274,16 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
     t_wall = time.perf_counter()
     for t in threads:
         t.start()
+    # The window opens when every warm-up request is answered, not just sent: on a loaded machine a
+    # slow warm-up would otherwise eat the whole window.
     while True:
         with lock:
-            if state["sent"] >= warmup:
+            if state["warm"] >= warmup or not any(t.is_alive() for t in threads):
                 break
         time.sleep(0.005)
-    with lock:
-        n_before = len(latencies) + len(errors)
     cpu0, client0, t0 = target.cpu_seconds(), time.process_time(), time.perf_counter()
     stop_at[0] = t0 + duration
+    window_open.set()
     # Bounded: requests still unanswered `grace` seconds after the window count as timeouts (a server
     # that collapses under load must not stall the run); their threads finish on their own.
     grace = max(5.0, duration)
@@ -282,10 +294,10 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
         errors.extend(["timeout (unanswered at window end + grace)"] * stuck)
         state["closed"] = True  # the stuck threads record and send nothing more
     elapsed = time.perf_counter() - t0
-    cpu = target.cpu_seconds() - cpu0
+    root_cpu, children_cpu = (after - before for after, before in zip(target.cpu_seconds(), cpu0))
     client_cpu = time.process_time() - client0
     return {"latencies": latencies, "errors": errors, "answers": answers, "seconds": elapsed,
-            "server_cpu_s": cpu, "client_cpu_s": client_cpu}
+            "server_cpu_s": root_cpu + children_cpu, "server_root_cpu_s": root_cpu, "client_cpu_s": client_cpu}
 
 
 def merge_windows(concurrency: int, windows: list[dict]) -> dict:
@@ -297,6 +309,7 @@ def merge_windows(concurrency: int, windows: list[dict]) -> dict:
         answers.update(w["answers"])
     elapsed = sum(w["seconds"] for w in windows)
     cpu = sum(w["server_cpu_s"] for w in windows)
+    root_cpu = sum(w["server_root_cpu_s"] for w in windows)
     client_cpu = sum(w["client_cpu_s"] for w in windows)
     pct = (lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None)
     return {
@@ -307,6 +320,8 @@ def merge_windows(concurrency: int, windows: list[dict]) -> dict:
         "mean_ms": round(1000 * statistics.fmean(lat), 3) if lat else None,
         "server_cpu_s": round(cpu, 3), "server_cores_used": round(cpu / elapsed, 3) if elapsed else None,
         "server_cpu_ms_per_req": round(1000 * cpu / len(lat), 3) if lat else None,
+        # The root process: TorchServe's Java frontend (its workers are the rest); all of the baseline.
+        "server_root_cpu_ms_per_req": round(1000 * root_cpu / len(lat), 3) if lat else None,
         "client_cores_used": round(client_cpu / elapsed, 3) if elapsed else None,
         "answers": answers,
     }

@@ -86,3 +86,28 @@ def test_decompression_bomb_is_refused_before_decoding():
     with pytest.raises(ImageError) as err:
         decode_image(bomb)
     assert err.value.status == 413
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLE.glob("*/*.jpg")), ids=lambda p: p.name)
+def test_jpeg_draft_keeps_the_resize_covered_and_close(path):
+    data = path.read_bytes()
+    full, draft = decode_image(data), decode_image(data, draft_min_side=SPEC.resize_size)
+    assert min(draft.size) >= SPEC.resize_size
+    # The largest DCT reduction (8, 4, 2, 1) that keeps both sides >= draft_min_side must be taken.
+    room = min(side // SPEC.resize_size for side in full.size)
+    scale = next(s for s in (8, 4, 2, 1) if s <= room)
+    assert draft.size == tuple((side + scale - 1) // scale for side in full.size)
+    diff = image_to_uint8(full, SPEC).float() - image_to_uint8(draft, SPEC).float()
+    # A few grey levels on average (6 at most on these photos); what it does to accuracy is measured by
+    # `make bench-serve` (served_accuracy), which is where the option is chosen.
+    assert diff.abs().mean() < 8
+
+
+def test_jpeg_draft_leaves_other_formats_and_rotation_alone():
+    upright = decode_image(JPEG).resize((800, 600))
+    png = encode(upright, "PNG")
+    assert decode_image(png, draft_min_side=100).size == (800, 600)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = encode(upright.rotate(90, expand=True), "JPEG", quality=95, exif=exif.tobytes())
+    assert decode_image(sideways, draft_min_side=250).size == (400, 300)  # 1/2 scale, then turned upright

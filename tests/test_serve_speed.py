@@ -18,7 +18,7 @@ import torch
 from conftest import REPO, SAMPLE, serve_config_copy
 from bench import serve_load
 from model_src.bundle import load_bundle
-from model_src.preprocess import bytes_to_tensor
+from model_src.preprocess import bytes_to_tensor, decode_image, image_to_tensor
 from serving import server
 
 SAMPLES = sorted(SAMPLE.glob("*/*.jpg"))
@@ -86,7 +86,7 @@ def test_runtime_agrees_with_eager(tmp_path, eager_probs, pte_dir, monkeypatch, 
     monkeypatch.setattr(serve_load, "PTE_DIR", pte_dir)
     labels, expected = eager_probs
     answers, log = serve_all(tmp_path, {"runtime": runtime, "threads": 1, "maxBatchDelay": 20})
-    assert f"(runtime {runtime}, 1 threads)" in log  # really that runtime, not a silent eager fallback
+    assert f"(runtime {runtime}, 1 threads, jpeg_draft False)" in log  # really that runtime, not a silent eager fallback
     agree, worst = 0, 0.0
     for key, body, _ in answers:
         p = expected[key]
@@ -97,6 +97,25 @@ def test_runtime_agrees_with_eager(tmp_path, eager_probs, pte_dir, monkeypatch, 
     assert worst <= max_diff
     assert agree / len(answers) >= min_agreement
     assert max(batch for *_, batch in answers) > 1  # batched: several requests shared one execute()
+
+
+def test_jpeg_draft_serves_what_a_draft_decode_gives(tmp_path):
+    """`handler: {jpeg_draft: true}` decodes JPEGs at a reduced DCT scale: the served answers are those of
+    the eager model on model_src's draft decode, and differ from the full decode's on the 512 px photos."""
+    model, spec, _ = load_bundle(REPO / "weights")
+    answers, log = serve_all(tmp_path, {"jpeg_draft": True, "maxBatchDelay": 20})
+    assert "jpeg_draft True" in log
+    by_key = {key: body for key, body, _ in answers}
+    moved = 0
+    with torch.no_grad():
+        for path in SAMPLES:
+            data = path.read_bytes()
+            draft = image_to_tensor(decode_image(data, spec.max_pixels, draft_min_side=spec.resize_size), spec)
+            expected = torch.softmax(model(draft[None]), dim=1)[0]
+            got = torch.tensor([by_key[path.name + path.parent.name]["probabilities"][label] for label in spec.labels])
+            assert torch.allclose(got, expected, atol=1e-4)
+            moved += not torch.equal(draft, bytes_to_tensor(data, spec))
+    assert moved >= 3  # the Kaggle photos (>= 2x resize_size) really took the reduced decode
 
 
 def test_bench_serve_quick(tmp_path):
@@ -115,6 +134,7 @@ def test_bench_serve_quick(tmp_path):
             assert level["errors"] == 0 and level["ok"] > 0, (name, level)
             assert level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"]
             assert level["server_cpu_s"] > 0
+            assert 0 < level["server_root_cpu_ms_per_req"] <= level["server_cpu_ms_per_req"]
     assert report["servers"]["ts-eager"]["agreement_with_baseline"] == 1.0  # same weights, same eager fp32
     assert report["servers"]["ts-eager"]["ratio_vs_baseline"]["8"]["req_per_s"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
