@@ -20,6 +20,7 @@ from bench import serve_load
 from model_src.bundle import load_bundle
 from model_src.preprocess import bytes_to_tensor, decode_image, image_to_tensor
 from serving import server
+from serving.config import ServeError
 
 SAMPLES = sorted(SAMPLE.glob("*/*.jpg"))
 
@@ -116,6 +117,16 @@ def test_jpeg_draft_serves_what_a_draft_decode_gives(tmp_path):
             assert torch.allclose(got, expected, atol=1e-4)
             moved += not torch.equal(draft, bytes_to_tensor(data, spec))
     assert moved >= 3  # the Kaggle photos (>= 2x resize_size) really took the reduced decode
+
+
+def test_a_bad_handler_option_stops_the_model_loading(tmp_path):
+    """A typo in model-config.yaml must fail loudly at load, not serve with a silently different decode."""
+    mar = serve_load.build_variant_mar(REPO / "weights", tmp_path / "store", {"jpeg_draft": "yes"})
+    (tmp_path / "work").mkdir()
+    with pytest.raises(ServeError, match="not READY|could not load|exited"):
+        server.start(serve_config_copy(tmp_path), tmp_path / "work", tmp_path / "tmp", mar, timeout=45)  # the worker retries loading; 45 s covers a slow first try
+    log = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "work" / "logs").glob("*.log"))
+    assert "handler.jpeg_draft 'yes' in model-config.yaml: expected true or false" in log
 
 
 def test_bench_serve_quick(tmp_path):
