@@ -116,7 +116,8 @@ def test_real_server_refuses_tampered_weights(tmp_path):
     mar = tampered_mar(store / "hotdog.mar")
     (tmp_path / "work").mkdir()
     with pytest.raises(ServeError, match="not READY|could not load|exited"):
-        server.start(config_copy(tmp_path), tmp_path / "work", tmp_path / "tmp", mar, timeout=12)
+        # The worker retries loading; 45 s lets a slow first try (a loaded machine) reach the log.
+        server.start(config_copy(tmp_path), tmp_path / "work", tmp_path / "tmp", mar, timeout=45)
     assert not server._read_pid(tmp_path / "tmp")  # start() stopped it
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "work" / "logs").glob("*.log"))
     assert re.search(r"sha256 \w+… does not match the manifest .*refusing to load", logs), logs[-2000:]

@@ -124,7 +124,8 @@ def test_a_bad_handler_option_stops_the_model_loading(tmp_path):
     mar = serve_load.build_variant_mar(REPO / "weights", tmp_path / "store", {"jpeg_draft": "yes"})
     (tmp_path / "work").mkdir()
     with pytest.raises(ServeError, match="not READY|could not load|exited"):
-        server.start(serve_config_copy(tmp_path), tmp_path / "work", tmp_path / "tmp", mar, timeout=45)  # the worker retries loading; 45 s covers a slow first try
+        # The worker retries loading; 45 s lets a slow first try (a loaded machine) reach the log.
+        server.start(serve_config_copy(tmp_path), tmp_path / "work", tmp_path / "tmp", mar, timeout=45)
     log = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "work" / "logs").glob("*.log"))
     assert "handler.jpeg_draft 'yes' in model-config.yaml: expected true or false" in log
 
