@@ -272,7 +272,6 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
 
     # Warm-up requests (not counted) go first, from the same threads, then the clock starts.
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    t_wall = time.perf_counter()
     for t in threads:
         t.start()
     # The window opens when every warm-up request is answered, not just sent: on a loaded machine a

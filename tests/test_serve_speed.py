@@ -87,7 +87,8 @@ def test_runtime_agrees_with_eager(tmp_path, eager_probs, pte_dir, monkeypatch, 
     monkeypatch.setattr(serve_load, "PTE_DIR", pte_dir)
     labels, expected = eager_probs
     answers, log = serve_all(tmp_path, {"runtime": runtime, "threads": 1, "maxBatchDelay": 20})
-    assert f"(runtime {runtime}, 1 threads, jpeg_draft False)" in log  # really that runtime, not a silent eager fallback
+    # Really that runtime, not a silent eager fallback.
+    assert f"(runtime {runtime}, 1 threads, jpeg_draft False)" in log
     agree, worst = 0, 0.0
     for key, body, _ in answers:
         p = expected[key]
@@ -120,7 +121,7 @@ def test_jpeg_draft_serves_what_a_draft_decode_gives(tmp_path):
 
 
 def test_a_bad_handler_option_stops_the_model_loading(tmp_path):
-    """A typo in model-config.yaml must fail loudly at load, not serve with a silently different decode."""
+    """A wrong value in model-config.yaml must fail loudly at load, not serve with a silently different decode."""
     mar = serve_load.build_variant_mar(REPO / "weights", tmp_path / "store", {"jpeg_draft": "yes"})
     (tmp_path / "work").mkdir()
     with pytest.raises(ServeError, match="not READY|could not load|exited"):
