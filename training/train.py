@@ -11,6 +11,7 @@ import math
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -203,9 +204,9 @@ def epoch_sample_order(sources: list[str], repeats: dict[str, int]) -> torch.Ten
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        # A probe of its own per process: torchrun's ranks check the same folder at the same moment.
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write_test"):
+            pass
     except OSError as e:
         raise DataError(f"output folder is not writable: {out} ({e.strerror or e})") from None
 
