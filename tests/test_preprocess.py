@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from model_src.preprocess import (ImageError, PreprocessSpec, bytes_to_tensor, decode_image, image_to_uint8,
-                                  normalize, pil_to_uint8)
+                                  normalize, pil_to_uint8, resize_and_crop)
 
 from conftest import SAMPLE
 
@@ -44,6 +44,35 @@ def test_resize_keeps_aspect_then_center_crops():
     x = image_to_uint8(img, SPEC)
     assert x.shape == (3, SPEC.input_size, SPEC.input_size)
     assert x[0, :, :10].float().mean() > 250 and x[2, :, -10:].float().mean() > 250
+
+
+def pil_resize_and_crop(img: Image.Image, resize_size: int, crop_size: int) -> torch.Tensor:
+    """The reference the spec names: PIL's antialiased bilinear resize, then the same center crop."""
+    width, height = img.size
+    scale = resize_size / min(width, height)
+    new_w, new_h = max(crop_size, round(width * scale)), max(crop_size, round(height * scale))
+    left, top = (new_w - crop_size) // 2, (new_h - crop_size) // 2
+    return pil_to_uint8(img.resize((new_w, new_h), Image.BILINEAR).crop((left, top, left + crop_size,
+                                                                           top + crop_size)))
+
+
+def noise(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=g)
+    return Image.frombytes("RGB", size, pixels.numpy().tobytes())
+
+
+@pytest.mark.parametrize("case", [p.name for p in sorted(SAMPLE.glob("*/*.jpg"))] +
+                         ["1x1", "3x7", "50x40", "144x144", "4000x200", "200x4000", "1000x800"])
+def test_resize_is_within_one_grey_level_of_pil(case):
+    if "x" in case and not case.endswith(".jpg"):  # upscaling, exact fit and extreme aspect ratios
+        img = noise(tuple(int(v) for v in case.split("x")))
+    else:
+        img = decode_image(next(SAMPLE.glob(f"*/{case}")).read_bytes())
+    ours = resize_and_crop(pil_to_uint8(img), SPEC.resize_size, SPEC.input_size)
+    reference = pil_resize_and_crop(img, SPEC.resize_size, SPEC.input_size)
+    assert ours.shape == reference.shape == (3, SPEC.input_size, SPEC.input_size) and ours.is_contiguous()
+    assert (ours.int() - reference.int()).abs().max() <= 1
 
 
 def test_exif_rotation_is_applied():

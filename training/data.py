@@ -94,7 +94,7 @@ def _decode_one(args: tuple[str, int, int, int]) -> torch.Tensor | str:
     except (ImageError, OSError) as e:
         return f"{path}: {e}"
     if resize_size == crop_size:
-        return pil_to_uint8(resize_and_crop(img, crop_size, crop_size))
+        return resize_and_crop(pil_to_uint8(img), crop_size, crop_size)
     spec = PreprocessSpec(input_size=crop_size, resize_size=resize_size)
     return image_to_uint8(img, spec)
 
@@ -111,7 +111,7 @@ def load_cached(samples: list[Sample], resize_size: int, crop_size: int, max_pix
     for s in samples:
         st = s.path.stat()
         key.update(f"{s.path}\t{st.st_size}\t{st.st_mtime_ns}\t{s.label}\n".encode())
-    key.update(f"{resize_size}/{crop_size}/{max_pixels}/v1".encode())
+    key.update(f"{resize_size}/{crop_size}/{max_pixels}/v2".encode())  # v2: torch's resize kernel
     cache_file = CACHE_DIR / f"images-{crop_size}-{key.hexdigest()[:16]}.pt"
     if cache_file.exists():
         blob = torch.load(cache_file, weights_only=False)
