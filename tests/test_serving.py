@@ -178,6 +178,34 @@ def test_prometheus_shows_handler_metrics_and_batches(torchserve):
     assert count > 0 and single < count and total > count  # some batches held more than one request
 
 
+def metric_lines(ts, name: str) -> list[tuple[str, float]]:
+    """(worker, seconds) of every `name` value the frontend read from a worker, from logs/ts_log.log.
+
+    TorchServe's log4j2 config writes each line to ts_log.log twice; a value's line names its batch's
+    request ids, so duplicates are dropped by text."""
+    lines = []
+    for line in dict.fromkeys((ts.workdir / "logs" / "ts_log.log").read_text().splitlines()):
+        match = re.match(rf"\d{{4}}-\d\d-\d\dT(\d\d):(\d\d):(\d\d),(\d{{3}}) \[\w+ *\] (W-\d+)-\S*-stdout .*"
+                         rf"\[METRICS\]{name}\.", line)
+        if match:
+            h, m, sec, ms, worker = match.groups()
+            lines.append((worker, int(h) * 3600 + int(m) * 60 + int(sec) + int(ms) / 1000))
+    return lines
+
+
+def test_stage_timings_go_out_at_most_once_a_second(torchserve):
+    stages, batches = len(metric_lines(torchserve, "HotdogDecodeMs")), len(metric_lines(torchserve, "HotdogBatchSize"))
+    for path in SAMPLES * 2:  # one request after the other: a batch each
+        assert post(torchserve, path.read_bytes()).status_code == 200
+    new_stages = metric_lines(torchserve, "HotdogDecodeMs")[stages:]
+    assert len(metric_lines(torchserve, "HotdogBatchSize")) - batches == 2 * len(SAMPLES)  # every batch counted
+    assert new_stages
+    for worker in {w for w, _ in new_stages}:
+        times = [t for w, t in new_stages if w == worker]
+        # 1 s apart in the worker; the frontend's read time adds a little jitter
+        assert all(b - a > 0.8 for a, b in zip(times, times[1:])), times
+
+
 def run_make(*args, env=None):
     return subprocess.run(["make", "-s", "-C", str(REPO), *args], capture_output=True, text=True, timeout=300,
                           env=env)
