@@ -46,8 +46,11 @@ PTE_DIR = REPO / "mobile_export" / "out"
 PTE_FILES = {"executorch": "hotdog_xnnpack_fp32.pte", "executorch_int8": "hotdog_xnnpack_int8.pte"}
 BOUNDARY = "hotdogbenchboundary7e1c"
 
-# name -> overrides of serve_config/model-config.yaml (HANDLER_OPTIONS go under `handler:`).
+# name -> overrides of serve_config/model-config.yaml (HANDLER_OPTIONS go under `handler:`; a `server`
+# dict overrides settings of serve_config/config.properties for that server only).
 INT8_CONFIG = REPO / "serve_config" / "model-config.int8.yaml"
+DRAFT_INT8 = {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 1,
+              "jpeg_draft": True}
 VARIANTS = {
     "eager": {},  # the shipped model-config.yaml as it is (what `make mar` packs)
     "mar-int8": INT8_CONFIG,  # serve_config/model-config.int8.yaml as it is (what `make mar-int8` packs)
@@ -66,8 +69,9 @@ VARIANTS = {
                        "maxBatchDelay": 1},
     "int8-w2t1-b4d2": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
                        "batchSize": 4, "maxBatchDelay": 2},
-    "int8-w2t1-b8d1-draft": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
-                             "maxBatchDelay": 1, "jpeg_draft": True},
+    "int8-w2t1-b8d1-draft": DRAFT_INT8,
+    "mar-int8-serialgc": {**DRAFT_INT8, "server": {"vmargs": "-XX:+UseSerialGC"}},
+    "mar-int8-quiet": {**DRAFT_INT8, "server": {"async_logging": "true", "disable_system_metrics": "true"}},
     "int8-w3t1-b8d1": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
                        "maxBatchDelay": 1},
     "int8-w3t1-b8d5": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
@@ -174,6 +178,8 @@ def variant_model_config(overrides: dict | Path) -> dict:
     cfg = yaml.safe_load(MODEL_CONFIG.read_text())
     handler = dict(cfg.get("handler") or {})
     for key, value in overrides.items():
+        if key == "server":
+            continue
         if key in HANDLER_OPTIONS:
             handler[key] = value
         else:
@@ -200,7 +206,9 @@ class TorchServe(Target):
         self.workdir.mkdir(parents=True)
         mar = build_variant_mar(weights, base / "store", overrides)
         cfg = ServeConfig.load()
-        cfg = cfg.write_copy(base / "config.properties", dict(zip(cfg.listen_ports(), free_ports(5))))
+        self.server_options = {} if isinstance(overrides, Path) else overrides.get("server", {})
+        cfg = cfg.write_copy(base / "config.properties", dict(zip(cfg.listen_ports(), free_ports(5))),
+                             **self.server_options)
         self.srv = ts_server.start(cfg, self.workdir, self.tmpdir, mar, timeout=300)
         url = cfg.inference_url.split("//", 1)[1]
         self.host, self.port = url.rsplit(":", 1)[0], int(url.rsplit(":", 1)[1])
@@ -457,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"levels": results[target.name], **summary}
             if isinstance(target, TorchServe):
                 entry["model_config"] = target.config
+                if target.server_options:
+                    entry["config_properties_overrides"] = target.server_options
             report["servers"][target.name] = entry
     def ratios(entry, base):
         return {str(c): {"req_per_s": round(entry["levels"][str(c)]["req_per_s"] / base[str(c)]["req_per_s"], 3)
