@@ -43,6 +43,9 @@ IMAGE_FIELDS = ("data", "body", "image", "file")
 HOTDOG_LABEL = "hot_dog"
 BATCH_HEADER = "X-Batch-Size"
 RUNTIMES = ("eager", "compile", "executorch", "executorch_int8")
+# The `handler:` keys of model-config.yaml read here. Any other key stops the model loading, so a
+# misspelt option cannot silently leave its default in place.
+HANDLER_OPTIONS = ("runtime", "threads", "jpeg_draft")
 PTE_METADATA = "hotdog.json"
 PTE_PROGRAMS = {"executorch": "xnnpack_fp32", "executorch_int8": "xnnpack_int8"}
 # Prometheus keeps a gauge's last value until the next scrape, so the stage timings go out at most once
@@ -119,6 +122,10 @@ class HotdogHandler(BaseHandler):
 
     def _init_runtime(self, context, model_dir: str) -> None:
         options = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        unknown = sorted(map(str, set(options) - set(HANDLER_OPTIONS)))
+        if unknown:
+            raise RuntimeError(f"unknown handler option(s) {', '.join(unknown)} in model-config.yaml: "
+                               f"expected {', '.join(HANDLER_OPTIONS)}")
         self.runtime = str(options.get("runtime", "eager"))
         if self.runtime not in RUNTIMES:
             raise RuntimeError(f"handler.runtime {self.runtime!r} in model-config.yaml: expected one of {RUNTIMES}")

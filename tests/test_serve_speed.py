@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import torch
+import yaml
 
 from conftest import REPO, SAMPLE, serve_config_copy
 from bench import serve_load
 from model_src.bundle import load_bundle
 from model_src.preprocess import bytes_to_tensor, decode_image, image_to_tensor
 from serving import server
+from serving.archive import MODEL_CONFIG
 from serving.config import ServeError
 
 SAMPLES = sorted(SAMPLE.glob("*/*.jpg"))
@@ -120,15 +122,23 @@ def test_jpeg_draft_serves_what_a_draft_decode_gives(tmp_path):
     assert moved >= 3  # the Kaggle photos (>= 2x resize_size) really took the reduced decode
 
 
-def test_a_bad_handler_option_stops_the_model_loading(tmp_path):
-    """A wrong value in model-config.yaml must fail loudly at load, not serve with a silently different decode."""
-    mar = serve_load.build_variant_mar(REPO / "weights", tmp_path / "store", {"jpeg_draft": "yes"})
+@pytest.mark.parametrize("handler, message", [
+    ({"jpeg_draft": "yes"}, "handler.jpeg_draft 'yes' in model-config.yaml: expected true or false"),
+    ({"jpeg_drafts": True}, "unknown handler option(s) jpeg_drafts in model-config.yaml: expected runtime, "),
+], ids=["wrong-value", "misspelt-key"])
+def test_a_bad_handler_option_stops_the_model_loading(tmp_path, handler, message):
+    """A wrong value or a misspelt key in model-config.yaml must fail loudly at load, not serve with a
+    silently different decode."""
+    cfg = yaml.safe_load(MODEL_CONFIG.read_text())
+    cfg["handler"] = {**(cfg.get("handler") or {}), **handler}
+    (tmp_path / "model-config.yaml").write_text(yaml.safe_dump(cfg))
+    mar = serve_load.build_variant_mar(REPO / "weights", tmp_path / "store", tmp_path / "model-config.yaml")
     (tmp_path / "work").mkdir()
     with pytest.raises(ServeError, match="not READY|could not load|exited"):
         # The worker retries loading; 45 s lets a slow first try (a loaded machine) reach the log.
         server.start(serve_config_copy(tmp_path), tmp_path / "work", tmp_path / "tmp", mar, timeout=45)
     log = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "work" / "logs").glob("*.log"))
-    assert "handler.jpeg_draft 'yes' in model-config.yaml: expected true or false" in log
+    assert message in log
 
 
 def test_bench_serve_quick(tmp_path):
