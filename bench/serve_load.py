@@ -36,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from handlers.hotdog_handler import HANDLER_OPTIONS  # noqa: E402  (keys that live under `handler:`)
 from serving import server as ts_server  # noqa: E402
 from serving.archive import MODEL_CONFIG, build_mar  # noqa: E402
 from serving.config import ServeConfig  # noqa: E402
@@ -172,9 +173,6 @@ class Baseline(Target):
                 pass
         self.proc.wait()
         self.log.close()
-
-
-HANDLER_OPTIONS = ("runtime", "threads", "jpeg_draft")  # keys that live under `handler:`
 
 
 def variant_model_config(overrides: dict | Path) -> dict:
