@@ -407,16 +407,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-threads", type=int, default=1,
                         help="also run the baseline with torch.set_num_threads(N) as a tuned reference (0: skip)")
     parser.add_argument("--levels", default="1,8,32")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per level (upper bound)")
-    parser.add_argument("--max-requests", type=int, default=3000, help="requests per level (upper bound)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per level (upper bound)")
+    parser.add_argument("--max-requests", type=int, default=20000,
+                        help="requests per level (upper bound; high enough that duration ends every window)")
+    parser.add_argument("--rounds", type=int, default=6,
                         help="windows per server and level, interleaved across servers (duration is split)")
-    parser.add_argument("--warmup", type=int, default=20, help="uncounted requests before each level")
+    parser.add_argument("--warmup", type=int, default=200, help="uncounted requests before each level")
     parser.add_argument("--images", type=int, default=0, help="use only the first N test images (0: all)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: levels 1,8, 2 s / 40 requests each, 16 images, eager variant")
     parser.add_argument("--out", default=str(REPO / "reports" / "bench_serve.json"))
     args = parser.parse_args(argv)
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so the servers started below are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.quick:
         args.levels, args.duration, args.max_requests, args.warmup, args.images = "1,8", 2.0, 40, 4, 16
         args.baseline_threads, args.rounds = 0, 1

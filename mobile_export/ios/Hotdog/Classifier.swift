@@ -102,7 +102,7 @@ final class Classifier {
                 bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue) else { return false }
             context.setFillColor(UIColor.white.cgColor)
             context.fill(CGRect(x: 0, y: 0, width: size, height: size))
-            // PIL's bilinear resize is antialiased when shrinking; .high is Core Graphics' closest match.
+            // The reference bilinear resize is antialiased when shrinking; .high is Core Graphics' closest match.
             // The pixels differ by a few levels, not in what the model sees.
             context.interpolationQuality = .high
             context.translateBy(x: 0, y: CGFloat(size))  // UIKit's origin is top-left
