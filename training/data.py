@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_uint8, resize_and_crop, pil_to_uint8
+from model_src.preprocess import ImageError, decode_image, pil_to_uint8, resize_and_crop
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,10 +93,7 @@ def _decode_one(args: tuple[str, int, int, int]) -> torch.Tensor | str:
         img = decode_image(Path(path).read_bytes(), max_pixels)
     except (ImageError, OSError) as e:
         return f"{path}: {e}"
-    if resize_size == crop_size:
-        return resize_and_crop(pil_to_uint8(img), crop_size, crop_size)
-    spec = PreprocessSpec(input_size=crop_size, resize_size=resize_size)
-    return image_to_uint8(img, spec)
+    return resize_and_crop(pil_to_uint8(img), resize_size, crop_size)
 
 
 def load_cached(samples: list[Sample], resize_size: int, crop_size: int, max_pixels: int,
