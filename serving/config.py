@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "serve_config" / "config.properties"
+LOG_CONFIG = REPO / "serve_config" / "log4j2.xml"  # the frontend's logging (torchserve --log-config)
 MODEL_STORE = REPO / "model_store"
 MODEL_NAME = "hotdog"
 MAR = MODEL_STORE / f"{MODEL_NAME}.mar"

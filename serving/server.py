@@ -22,8 +22,8 @@ from pathlib import Path
 
 import requests
 
-from serving.config import (CONFIG, KEY_FILE, MAR, MODEL_NAME, REPO, RUN_DIR, ServeConfig, ServeError,
-                            read_keys)
+from serving.config import (CONFIG, KEY_FILE, LOG_CONFIG, MAR, MODEL_NAME, REPO, RUN_DIR, ServeConfig,
+                            ServeError, read_keys)
 
 PID_FILE = ".model_server.pid"  # TorchServe's name, under TMPDIR
 MIN_JAVA = 11
@@ -152,7 +152,7 @@ def start(cfg: ServeConfig | None = None, workdir: Path = REPO, tmpdir: Path = R
     (workdir / KEY_FILE).unlink(missing_ok=True)  # a stale key file would be read as the new keys
     cmd = [str(Path(sys.executable).parent / "torchserve"), "--start", "--ncs",
            "--model-store", str(mar.parent), "--models", f"{model}={mar.name}",
-           "--ts-config", str(cfg.path.resolve())]
+           "--ts-config", str(cfg.path.resolve()), "--log-config", str(LOG_CONFIG)]
     with open(workdir / "logs" / "torchserve.out", "ab") as out:
         # Own session: the server outlives `make serve`, and its whole process group (frontend
         # and Python workers) can be ended together.

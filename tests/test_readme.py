@@ -67,6 +67,7 @@ def test_readme_plain_torchserve_command_serves_the_model(tmp_path):
     workdir.mkdir()
     tmpdir.mkdir()
     script = (command.replace("serve_config/config.properties", str(cfg.path))
+              .replace("serve_config/log4j2.xml", str(REPO / "serve_config" / "log4j2.xml"))
               .replace("--model-store model_store", f"--model-store {MAR.parent}"))
     env_script = f"export TMPDIR={tmpdir} TEMP={tmpdir} LOG_LOCATION={workdir}/logs METRICS_LOCATION={workdir}/logs\n"
     try:

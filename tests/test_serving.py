@@ -179,12 +179,9 @@ def test_prometheus_shows_handler_metrics_and_batches(torchserve):
 
 
 def metric_lines(ts, name: str) -> list[tuple[str, float]]:
-    """(worker, seconds) of every `name` value the frontend read from a worker, from logs/ts_log.log.
-
-    TorchServe's log4j2 config writes each line to ts_log.log twice; a value's line names its batch's
-    request ids, so duplicates are dropped by text."""
+    """(worker, seconds) of every `name` value the frontend read from a worker, from logs/ts_log.log."""
     lines = []
-    for line in dict.fromkeys((ts.workdir / "logs" / "ts_log.log").read_text().splitlines()):
+    for line in (ts.workdir / "logs" / "ts_log.log").read_text().splitlines():
         match = re.match(rf"\d{{4}}-\d\d-\d\dT(\d\d):(\d\d):(\d\d),(\d{{3}}) \[\w+ *\] (W-\d+)-\S*-stdout .*"
                          rf"\[METRICS\]{name}\.", line)
         if match:
@@ -204,6 +201,19 @@ def test_stage_timings_go_out_at_most_once_a_second(torchserve):
         times = [t for w, t in new_stages if w == worker]
         # 1 s apart in the worker; the frontend's read time adds a little jitter
         assert all(b - a > 0.8 for a, b in zip(times, times[1:])), times
+
+
+def test_frontend_logs_each_line_once_and_no_debug(torchserve):
+    """serve_config/log4j2.xml: TorchServe's built-in config wrote every frontend line to ts_log.log twice
+    (and DEBUG lines for every request); ours writes each once, at INFO and above."""
+    concurrently(lambda p: post(torchserve, p.read_bytes()), SAMPLES[:4])
+    lines = (torchserve.workdir / "logs" / "ts_log.log").read_text().splitlines()
+    answered = [line for line in lines if "Sending response for jobId" in line]
+    assert answered and len(answered) == len(set(answered))  # job ids are unique: a repeat is a duplicate
+    assert not [line for line in lines if " [DEBUG] " in line]
+    access = (torchserve.workdir / "logs" / "access_log.log").read_text()
+    assert access.count('"POST /predictions/hotdog HTTP/1.1" 200') >= 4
+    assert "ACCESS_LOG" not in "\n".join(lines)  # the access log has its own file
 
 
 def run_make(*args, env=None):
