@@ -141,6 +141,13 @@ def test_a_bad_handler_option_stops_the_model_loading(tmp_path, handler, message
     assert message in log
 
 
+def test_bench_variants_named_after_the_shipped_int8_config_are_that_config():
+    shipped = serve_load.variant_model_config(serve_load.INT8_CONFIG)
+    for name in ("mar-int8-serialgc", "mar-int8-quiet"):
+        assert serve_load.variant_model_config(serve_load.VARIANTS[name]) == shipped
+        assert serve_load.VARIANTS[name]["server"]  # and differ only in config.properties
+
+
 def test_bench_serve_quick(tmp_path):
     """`make bench-serve` end to end, tiny: the FastAPI baseline and our TorchServe, one after the other."""
     out = tmp_path / "bench.json"
