@@ -36,6 +36,18 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(training.data, "CACHE_DIR", tmp_path / "cache")
 
 
+def logs_of_a_failed_load(tmp_path: Path, mar: Path) -> str:
+    """Start a real TorchServe on `mar` whose model must never load; return all of its logs."""
+    from serving import server
+    from serving.config import ServeError
+
+    (tmp_path / "work").mkdir()
+    with pytest.raises(ServeError, match="not READY|could not load|exited"):
+        # The worker retries loading; 45 s lets a slow first try (a loaded machine) reach the log.
+        server.start(serve_config_copy(tmp_path), tmp_path / "work", tmp_path / "tmp", mar, timeout=45)
+    return "\n".join(p.read_text(errors="replace") for p in (tmp_path / "work" / "logs").glob("*.log"))
+
+
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory):
     """A real TorchServe on model_store/hotdog.mar (`make mar`), free ports, own working dir and
