@@ -48,10 +48,31 @@ RUNTIMES = ("eager", "compile", "executorch", "executorch_int8")
 HANDLER_OPTIONS = ("runtime", "threads", "jpeg_draft")
 PTE_METADATA = "hotdog.json"
 PTE_PROGRAMS = {"executorch": "xnnpack_fp32", "executorch_int8": "xnnpack_int8"}
-# Prometheus keeps a gauge's last value until the next scrape, so the stage timings go out at most once
-# a second per worker: each value is a log line the frontend parses, which cost ~0.2 ms per request
-# under load (make bench-serve). The batch-size histogram still counts every batch.
-STAGE_METRICS_INTERVAL_S = 1.0
+# Every metric value, and every INFO line, a worker logs is a line on its stdout that the frontend reads
+# and parses. Per batch, TorchServe logs a "Backend received inference" line and its HandlerTime and
+# PredictionTime gauges; we log HotdogBatchSize and three stage-timing gauges. Prometheus
+# keeps a gauge's last value until the next scrape, so gauge values go out at most once a second per
+# worker (per metric name), the "Backend received" line not at all; the batch-size histogram still counts
+# every batch. Side by side at C=8 (two int8 servers, 8 windows of 20 s): 4.27 -> 4.07 ms of server CPU
+# per request, 409 -> 426 requests per second.
+GAUGE_INTERVAL_S = 1.0
+_BACKEND_RECEIVED = "Backend received inference at: %d"  # ts/protocol/otf_message_handler.py
+_gauge_due: dict[str, float] = {}
+
+
+def _fewer_per_batch_lines(record: logging.LogRecord) -> bool:
+    """Logging filter (a function: this module holds one class): drop the per-batch log lines above."""
+    msg = record.msg
+    if not isinstance(msg, str):
+        return True
+    if msg == _BACKEND_RECEIVED:
+        return False
+    if msg.startswith("[METRICS]") and "|#type:GAUGE|" in msg:  # ts.metrics.caching_metric's format
+        name, now = msg[len("[METRICS]"):msg.find(":")], time.monotonic()
+        if now < _gauge_due.get(name, 0.0):
+            return False
+        _gauge_due[name] = now + GAUGE_INTERVAL_S
+    return True
 
 
 def _payload(row: dict):
@@ -110,8 +131,9 @@ class HotdogHandler(BaseHandler):
         if HOTDOG_LABEL not in self.labels:
             raise RuntimeError(f"model labels {self.labels} have no {HOTDOG_LABEL!r} class")
         self._init_runtime(context, model_dir)
-        self._stage_metrics_due = 0.0  # monotonic time; the first batch reports its stages
-        self._report_stages = False
+        # The root logger carries the "Backend received" line, TorchServe's metrics logger the values.
+        for name in ("", "ts.metrics.caching_metric"):
+            logging.getLogger(name).addFilter(_fewer_per_batch_lines)
         self.initialized = True
         # Where model_src came from: the unpacked archive, unless something shadows it on sys.path.
         logger.info("hotdog model %s loaded on %s (runtime %s, %d threads, jpeg_draft %s), input %d px, labels %s, "
@@ -172,8 +194,6 @@ class HotdogHandler(BaseHandler):
     # Metric names, types and dimensions (ModelName, Level; TorchServe adds them) match the
     # declarations in serve_config/metrics.yaml: the Prometheus endpoint shows only declared metrics.
     def _add_ms(self, name: str, start: float) -> None:
-        if not self._report_stages:
-            return
         self.context.metrics.add_metric(name, round((time.perf_counter() - start) * 1000, 3), "ms",
                                         metric_type=MetricTypes.GAUGE)
 
@@ -181,10 +201,6 @@ class HotdogHandler(BaseHandler):
         """Per request: a normalized tensor, or the ImageError that request will be answered with."""
         self.context.metrics.add_metric("HotdogBatchSize", len(data), "count",
                                         metric_type=MetricTypes.HISTOGRAM)
-        now = time.monotonic()
-        self._report_stages = now >= self._stage_metrics_due
-        if self._report_stages:
-            self._stage_metrics_due = now + STAGE_METRICS_INTERVAL_S
         start = time.perf_counter()
         images = []
         for row in data:

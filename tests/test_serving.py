@@ -190,17 +190,23 @@ def metric_lines(ts, name: str) -> list[tuple[str, float]]:
     return lines
 
 
-def test_stage_timings_go_out_at_most_once_a_second(torchserve):
-    stages, batches = len(metric_lines(torchserve, "HotdogDecodeMs")), len(metric_lines(torchserve, "HotdogBatchSize"))
+def test_per_batch_log_lines_are_cut_to_the_batch_histogram(torchserve):
+    """Gauges (ours and TorchServe's HandlerTime/PredictionTime) go out at most once a second per worker,
+    TorchServe's per-batch "Backend received inference" line not at all; every batch is still counted."""
+    gauges = ("HotdogDecodeMs", "HotdogInferenceMs", "HandlerTime", "PredictionTime")
+    before = {name: len(metric_lines(torchserve, name)) for name in (*gauges, "HotdogBatchSize")}
     for path in SAMPLES * 2:  # one request after the other: a batch each
         assert post(torchserve, path.read_bytes()).status_code == 200
-    new_stages = metric_lines(torchserve, "HotdogDecodeMs")[stages:]
-    assert len(metric_lines(torchserve, "HotdogBatchSize")) - batches == 2 * len(SAMPLES)  # every batch counted
-    assert new_stages
-    for worker in {w for w, _ in new_stages}:
-        times = [t for w, t in new_stages if w == worker]
-        # 1 s apart in the worker; the frontend's read time adds a little jitter
-        assert all(b - a > 0.8 for a, b in zip(times, times[1:])), times
+    assert len(metric_lines(torchserve, "HotdogBatchSize")) - before["HotdogBatchSize"] == 2 * len(SAMPLES)
+    for name in gauges:
+        new = metric_lines(torchserve, name)[before[name]:]
+        assert new, name
+        for worker in {w for w, _ in new}:
+            times = [t for w, t in new if w == worker]
+            # 1 s apart in the worker; the frontend's read time adds a little jitter
+            assert all(b - a > 0.8 for a, b in zip(times, times[1:])), (name, times)
+    model_log = (torchserve.workdir / "logs" / "model_log.log").read_text()
+    assert "hotdog model" in model_log and "Backend received inference" not in model_log
 
 
 def test_frontend_logs_each_line_once_and_no_debug(torchserve):
