@@ -1,8 +1,8 @@
 """Serving speed, side by side: `python -m bench.serve_load` (make bench-serve) -> reports/bench_serve.{json,png}.
 
 A closed-loop load generator: C client threads (C = 1, 8, 32), each with one keep-alive HTTP
-connection, send the real test JPEGs (multipart field `file`, the same bytes to every server) one
-request after the other, for a bounded time and request count, on loopback only. All servers are
+connection, send the real test JPEGs (the same bytes to every server: `--request multipart`, the
+default, as an upload form's field `file`; `--request raw`, as the request body) one request after the other, for a bounded time and request count, on loopback only. All servers are
 started first; then, per level, each gets `--rounds` windows in turn (rotating order), so load from
 other jobs on a shared machine falls on every server alike. Servers, on the same weights:
   baseline          bench/baselines/fastapi_app.py (FastAPI + uvicorn, one eager forward per request);
@@ -46,6 +46,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "hotdog" / "test"
 PTE_DIR = REPO / "mobile_export" / "out"
 PTE_FILES = {"executorch": "hotdog_xnnpack_fp32.pte", "executorch_int8": "hotdog_xnnpack_int8.pte"}
 BOUNDARY = "hotdogbenchboundary7e1c"
+# How a JPEG travels. multipart: an upload form (what a FastAPI UploadFile endpoint expects, the headline);
+# raw: the bytes as the body (TorchServe's documented `curl -T photo.jpg`); both servers accept both.
+CONTENT_TYPES = {"multipart": f"multipart/form-data; boundary={BOUNDARY}", "raw": "image/jpeg"}
 
 # name -> overrides of serve_config/model-config.yaml (HANDLER_OPTIONS go under `handler:`; a `server`
 # dict overrides settings of serve_config/config.properties for that server only).
@@ -99,8 +102,8 @@ VARIANTS = {
 DEFAULT_VARIANTS = ["eager", "mar-int8"]
 
 
-def load_images(data: Path, limit: int | None) -> list[tuple[str, str, bytes]]:
-    """(relative path, true label, multipart body) for the test JPEGs, interleaved by class."""
+def load_images(data: Path, limit: int | None, request: str = "multipart") -> list[tuple[str, str, bytes]]:
+    """(relative path, true label, request body) for the test JPEGs, interleaved by class."""
     by_class = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
                 for d in sorted(Path(data).iterdir()) if d.is_dir()}
     rows = []
@@ -109,7 +112,7 @@ def load_images(data: Path, limit: int | None) -> list[tuple[str, str, bytes]]:
             if i < len(files):
                 rows.append((f"{label}/{files[i].name}", label, files[i].read_bytes()))
     rows = rows[:limit] if limit else rows
-    return [(rel, label, multipart(raw)) for rel, label, raw in rows]
+    return [(rel, label, multipart(raw) if request == "multipart" else raw) for rel, label, raw in rows]
 
 
 def multipart(raw: bytes) -> bytes:
@@ -237,9 +240,9 @@ class TorchServe(Target):
 # --- load -----------------------------------------------------------------------------------------
 
 def run_level(target: Target, images, concurrency: int, duration: float, max_requests: int,
-              warmup: int) -> dict:
+              warmup: int, request: str = "multipart") -> dict:
     """Closed loop: `concurrency` threads, each sends its next image as soon as its answer arrives."""
-    headers = {**target.headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    headers = {**target.headers, "Content-Type": CONTENT_TYPES[request]}
     lock = threading.Lock()
     state = {"next": 0, "sent": 0, "warm": 0}
     window_open = threading.Event()
@@ -348,7 +351,8 @@ def merge_windows(concurrency: int, windows: list[dict]) -> dict:
     }
 
 
-def run_all(targets: list, images, levels, duration, max_requests, warmup, rounds, log) -> dict:
+def run_all(targets: list, images, levels, duration, max_requests, warmup, rounds, log,
+            request: str = "multipart") -> dict:
     """Every level: `rounds` rounds, each giving every server one window of duration/rounds seconds,
     in an order that rotates per round, so background load on a shared machine hits all servers alike."""
     out = {t.name: {} for t in targets}
@@ -358,7 +362,7 @@ def run_all(targets: list, images, levels, duration, max_requests, warmup, round
             k = r % len(targets)
             for t in targets[k:] + targets[:k]:
                 windows[t.name].append(run_level(t, images, c, duration / rounds, max(1, max_requests // rounds),
-                                                 max(warmup, 2 * c) if r == 0 else c))
+                                                 max(warmup, 2 * c) if r == 0 else c, request))
         for t in targets:
             res = merge_windows(c, windows[t.name])
             log(f"  {t.name:>22} C={c:<3} {res['req_per_s']:7.1f} req/s  p50 {res['p50_ms'] or 0:6.1f} ms  "
@@ -426,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=0, help="use only the first N test images (0: all)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: levels 1,8, 2 s / 40 requests each, 16 images, eager variant")
+    parser.add_argument("--request", choices=sorted(CONTENT_TYPES), default="multipart",
+                        help="how the JPEG is sent, to every server alike")
     parser.add_argument("--out", default=str(REPO / "reports" / "bench_serve.json"))
     args = parser.parse_args(argv)
     # SIGTERM (timeout, kill) unwinds like Ctrl-C, so the servers started below are stopped, not orphaned.
@@ -440,14 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
-    images = load_images(Path(args.data), args.images or None)
+    images = load_images(Path(args.data), args.images or None, args.request)
     if not images:
         parser.error(f"no JPEGs under {args.data}")
     truth = {rel: label for rel, label, _ in images}
     weights = Path(args.weights)
     log = lambda s: print(s, flush=True)  # noqa: E731
     report = {
-        "what": "closed-loop HTTP load, loopback, real test JPEGs as multipart `file`, one server at a time",
+        "what": "closed-loop HTTP load, loopback, real test JPEGs, one server at a time",
+        "request": {"format": args.request, "content_type": CONTENT_TYPES[args.request]},
         "note": ("2 shared CPU cores (a training benchmark and other jobs run beside it): absolute req/s "
                  "drift from run to run; the ratios ours/baseline measured in this one run are the result"),
         "levels": levels, "duration_s": args.duration, "rounds": args.rounds, "max_requests": args.max_requests, "warmup": args.warmup,
@@ -469,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     targets.append(TorchServe(name, overrides, weights, tmp))
             results = run_all(targets, images, levels, args.duration, args.max_requests, args.warmup,
-                              args.rounds, log)
+                              args.rounds, log, args.request)
         finally:
             for target in targets:
                 target.stop()

@@ -142,15 +142,18 @@ def test_bench_variants_named_after_the_shipped_int8_config_are_that_config():
         assert serve_load.VARIANTS[name]["server"]  # and differ only in config.properties
 
 
-def test_bench_serve_quick(tmp_path):
-    """`make bench-serve` end to end, tiny: the FastAPI baseline and our TorchServe, one after the other."""
+@pytest.mark.parametrize("request_format", ["multipart", "raw"])
+def test_bench_serve_quick(tmp_path, request_format):
+    """`make bench-serve` end to end, tiny: the FastAPI baseline and our TorchServe, one after the other,
+    with the JPEGs sent as an upload form and as the raw body."""
     out = tmp_path / "bench.json"
     # The sample photos, not ../shared: the suite runs on a bare clone.
     done = subprocess.run([sys.executable, "-m", "bench.serve_load", "--quick", "--data", str(SAMPLE),
-                           "--out", str(out)],
+                           "--request", request_format, "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert report["request"]["format"] == request_format
     assert set(report["servers"]) == {"baseline", "ts-eager"}
     for name, entry in report["servers"].items():
         for c in ("1", "8"):
