@@ -87,6 +87,8 @@ VARIANTS = {
     "int8-w2t1-b8d0-draft": {**DRAFT_INT8, "maxBatchDelay": 0},
     "int8-w1t2-b8d1-draft": {**DRAFT_INT8, "minWorkers": 1, "maxWorkers": 1, "threads": 2},
     "int8-w2t1-b8d3-draft": {**DRAFT_INT8, "maxBatchDelay": 3},
+    # no batching: no 1 ms wait for company (TorchServe reads a delay of 0 as "unset": 100 ms)
+    "int8-w2t1-b1-draft": {**DRAFT_INT8, "batchSize": 1},
     # the shipped int8 config with one server setting changed
     "mar-int8-serialgc": {**config_as_overrides(INT8_CONFIG), "server": {"vmargs": "-XX:+UseSerialGC"}},
     "mar-int8-quiet": {**config_as_overrides(INT8_CONFIG),
