@@ -2,9 +2,10 @@
 
 A closed-loop load generator: C client threads (C = 1, 8, 32), each with one keep-alive HTTP
 connection, send the real test JPEGs (the same bytes to every server: `--request multipart`, the
-default, as an upload form's field `file`; `--request raw`, as the request body) one request after the other, for a bounded time and request count, on loopback only. All servers are
-started first; then, per level, each gets `--rounds` windows in turn (rotating order), so load from
-other jobs on a shared machine falls on every server alike. Servers, on the same weights:
+default, as an upload form's field `file`; `--request raw`, as the request body) one request after
+the other, for a bounded time and request count, on loopback only. All servers are started first;
+then, per level, each gets `--rounds` windows in turn (rotating order), so load from other jobs on a
+shared machine falls on every server alike. Servers, on the same weights:
   baseline          bench/baselines/fastapi_app.py (FastAPI + uvicorn, one eager forward per request);
   baseline-t1       the same app with torch.set_num_threads(1): a tuned reference (--baseline-threads);
   ts-<variant>      our TorchServe on hotdog.mar built with that variant's model-config.yaml
