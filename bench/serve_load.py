@@ -62,26 +62,22 @@ def config_as_overrides(path: Path) -> dict:
     return {**{k: v for k, v in cfg.items() if k != "handler"}, **(cfg.get("handler") or {})}
 
 
-DRAFT_INT8 = {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 1,
-              "jpeg_draft": True}
+# Two single-threaded int8 workers: the base every int8 sweep row varies.
+INT8_W2T1 = {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1}
+DRAFT_INT8 = {**INT8_W2T1, "maxBatchDelay": 1, "jpeg_draft": True}
 VARIANTS = {
     "eager": {},  # the shipped model-config.yaml as it is (what `make mar` packs)
     "mar-int8": INT8_CONFIG,  # serve_config/model-config.int8.yaml as it is (what `make mar-int8` packs)
     "eager-w2t1": {"minWorkers": 2, "maxWorkers": 2, "threads": 1},
     "executorch": {"runtime": "executorch"},
     "int8": {"runtime": "executorch_int8"},
-    "int8-w2t1": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1},
-    "int8-w2t1-b8d5": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
-                       "maxBatchDelay": 5},
+    "int8-w2t1": INT8_W2T1,
+    "int8-w2t1-b8d5": {**INT8_W2T1, "maxBatchDelay": 5},
     "int8-w1t2-b8d5": {"runtime": "executorch_int8", "threads": 2, "maxBatchDelay": 5},
-    "int8-w2t1-b4d5": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
-                       "batchSize": 4, "maxBatchDelay": 5},
-    "int8-w2t1-b16d10": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
-                         "batchSize": 16, "maxBatchDelay": 10},
-    "int8-w2t1-b8d1": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
-                       "maxBatchDelay": 1},
-    "int8-w2t1-b4d2": {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1,
-                       "batchSize": 4, "maxBatchDelay": 2},
+    "int8-w2t1-b4d5": {**INT8_W2T1, "batchSize": 4, "maxBatchDelay": 5},
+    "int8-w2t1-b16d10": {**INT8_W2T1, "batchSize": 16, "maxBatchDelay": 10},
+    "int8-w2t1-b8d1": {**INT8_W2T1, "maxBatchDelay": 1},
+    "int8-w2t1-b4d2": {**INT8_W2T1, "batchSize": 4, "maxBatchDelay": 2},
     "int8-w2t1-b8d1-draft": DRAFT_INT8,
     "int8-w2t1-b4d1-draft": {**DRAFT_INT8, "batchSize": 4},
     "int8-w2t1-b4d0-draft": {**DRAFT_INT8, "batchSize": 4, "maxBatchDelay": 0},
@@ -94,10 +90,8 @@ VARIANTS = {
     "mar-int8-serialgc": {**config_as_overrides(INT8_CONFIG), "server": {"vmargs": "-XX:+UseSerialGC"}},
     "mar-int8-quiet": {**config_as_overrides(INT8_CONFIG),
                        "server": {"async_logging": "true", "disable_system_metrics": "true"}},
-    "int8-w3t1-b8d1": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
-                       "maxBatchDelay": 1},
-    "int8-w3t1-b8d5": {"runtime": "executorch_int8", "minWorkers": 3, "maxWorkers": 3, "threads": 1,
-                       "maxBatchDelay": 5},
+    "int8-w3t1-b8d1": {**INT8_W2T1, "minWorkers": 3, "maxWorkers": 3, "maxBatchDelay": 1},
+    "int8-w3t1-b8d5": {**INT8_W2T1, "minWorkers": 3, "maxWorkers": 3, "maxBatchDelay": 5},
     "eager-w2t1-b8d5": {"minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
     "compile": {"runtime": "compile", "threads": 1},
     "compile-w2t1-b8d5": {"runtime": "compile", "minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
