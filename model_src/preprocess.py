@@ -17,6 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 SPEC_FILE = "preprocess.json"
 # A 12 MP phone photo is 12e6 pixels; anything far beyond it is a decompression bomb, not a photo.
 DEFAULT_MAX_PIXELS = 40_000_000
+# Resizing scales the shorter side up or down to resize_size, so a 1 x 30000 strip (a 100-byte PNG)
+# would become a 164 x 4.9M image, gigabytes of memory; a photo, even a panorama, stays far below it.
+MAX_ASPECT_RATIO = 50
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class PreprocessSpec:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     max_pixels: int = DEFAULT_MAX_PIXELS
     layout: str = field(default="NCHW float32 RGB, normalized", compare=False)
+
+    def __post_init__(self):
+        if self.interpolation != "bilinear":  # the one resize resize_and_crop (and the iOS sample) performs
+            raise ValueError(f"interpolation {self.interpolation!r}: only 'bilinear' is implemented")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,12 +111,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_min_si
         raise ImageError(
             f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels}", 413
         )
-    if draft_min_side and img.format == "JPEG":
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise ImageError(f"unsupported shape: {width}x{height} pixels is wider than {MAX_ASPECT_RATIO}:1, "
+                         "not a photo")
+    if draft_min_side and img.format in ("JPEG", "MPO"):  # MPO: a JPEG with extra frames (many iPhone shots)
         img.draft(None, (draft_min_side, draft_min_side))  # picks the largest reduction keeping both sides >= it
     try:
         img.seek(0)  # first frame of an animated GIF/WebP
         img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with an EXIF flag
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:  # also L/RGB/P with a tRNS colour
             # Composite transparency on white instead of trusting whatever colour hides under alpha=0.
             rgba = img.convert("RGBA")
             img = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -106,6 +106,10 @@ def png_bomb(side: int = 30000) -> bytes:
             + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
 
 
+def mpo() -> bytes:
+    return encode(photo(), "MPO", save_all=True, append_images=[Image.new("RGB", photo().size)], quality=92)
+
+
 def heic_header() -> bytes:
     """The start of an iPhone HEIC file (ISO-BMFF `ftyp` box, brand heic); no HEIC encoder is installed."""
     ftyp = b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heicmiaf"
@@ -163,6 +167,7 @@ CASES: list[Case] = [
     Case("bmp", "answer", lambda: encode(photo(), "BMP"), "image/bmp"),
     Case("webp", "answer", lambda: encode(photo(), "WEBP", quality=90), "image/webp"),
     Case("1x1", "answer", lambda: encode(resized((1, 1)), "PNG"), "image/png"),
+    Case("mpo_jpeg", "answer", mpo, "image/jpeg", note="a JPEG with a second frame, as many iPhones write"),
     Case("panorama_4000x200", "answer", lambda: encode(resized((4000, 200)), "JPEG", quality=90), "image/jpeg"),
     Case("photo_12mp", "answer", lambda: encode(resized((4000, 3000)), "JPEG", quality=92), "image/jpeg"),
     Case("jpeg_as_image_png", "answer", good_jpeg, "image/png", grpc=(), note="wrong image type"),
@@ -188,6 +193,8 @@ CASES: list[Case] = [
     Case("zip", "refuse", zip_file, "application/zip", status=415, error=r"ZIP"),
     Case("heic", "refuse", heic_header, "image/heic", status=415, error=r"HEIC",
          note="pillow-heif is not installed: refused with a hint to send JPEG"),
+    Case("png_strip_1x3000", "refuse", lambda: encode(Image.new("L", (1, 3000)), "PNG"), "image/png", status=400,
+         error=r"not a photo", note="~100 bytes that the resize to the model size would blow up to 0.5 GB"),
     Case("png_bomb_30000x30000", "refuse", png_bomb, "image/png", status=413, error=r"too large",
          note=f"{len(png_bomb()) // 1024} kB file, 900 MP decoded; refused before any pixel is decoded"),
     Case("over_max_request_size", "refuse", lambda: good_jpeg() + b"\0" * MAX_REQUEST_SIZE, "image/jpeg",

@@ -73,4 +73,6 @@ def bad_inputs(max_pixels: int) -> dict[str, tuple[bytes, int]]:
         "not_an_image": (b"%PDF-1.7 this is a document, not a photo" * 20, 415),
         "truncated": (jpeg[: len(jpeg) // 2], 400),
         "over_pixel_limit": (over_pixel_limit(max_pixels), 413),
+        # ~100 bytes that resizing the shorter side to the model size would blow up to 0.5 GB
+        "strip": (encode(Image.new("L", (1, 3000)), "PNG"), 400),
     }

@@ -181,6 +181,7 @@ def test_messages_say_what_is_wrong(service, eager):
     assert "not an image" in messages["not_an_image"]
     assert "truncated" in messages["truncated"]
     assert "too large" in messages["over_pixel_limit"] and str(eager[1].max_pixels) in messages["over_pixel_limit"]
+    assert "1x3000" in messages["strip"] and "not a photo" in messages["strip"]
 
 
 def test_exif_orientation_is_applied(eager):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model_src.preprocess import (ImageError, PreprocessSpec, bytes_to_tensor, decode_image, image_to_uint8,
-                                  normalize, pil_to_uint8, resize_and_crop)
+from model_src.preprocess import (MAX_ASPECT_RATIO, ImageError, PreprocessSpec, bytes_to_tensor, decode_image,
+                                  image_to_uint8, normalize, pil_to_uint8, resize_and_crop)
 
 from conftest import SAMPLE
 
@@ -35,6 +35,11 @@ def test_spec_roundtrip(tmp_path):
     spec = PreprocessSpec(input_size=144, resize_size=164)
     spec.save(tmp_path)
     assert PreprocessSpec.load(tmp_path) == spec
+
+
+def test_spec_refuses_a_resize_nothing_performs():
+    with pytest.raises(ValueError, match="bilinear"):
+        PreprocessSpec(interpolation="bicubic")
 
 
 def test_resize_keeps_aspect_then_center_crops():
@@ -117,6 +122,31 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert err.value.status == 413
 
 
+@pytest.mark.parametrize("size", [(1, 3000), (30000, 2)])
+def test_a_strip_is_refused_before_the_resize_blows_it_up(size):
+    strip = encode(Image.new("L", size), "PNG")  # ~100 bytes; resized whole it would take 0.5-5 GB
+    with pytest.raises(ImageError) as err:
+        decode_image(strip)
+    assert err.value.status == 400 and f"{MAX_ASPECT_RATIO}:1" in str(err.value)
+
+
+def test_a_panorama_within_the_aspect_limit_is_a_photo():
+    img = decode_image(encode(Image.new("RGB", (MAX_ASPECT_RATIO * 20, 20), (90, 40, 10)), "PNG"))
+    assert image_to_uint8(img, SPEC).shape == (3, SPEC.input_size, SPEC.input_size)
+
+
+@pytest.mark.parametrize("mode,key,opaque", [("L", 0, 200), ("RGB", (10, 20, 30), (200, 100, 50)), ("P", 0, 1)])
+def test_a_transparent_colour_is_composited_on_white(mode, key, opaque):
+    """PNGs can mark one colour transparent (tRNS) without an alpha channel; an app draws it on white."""
+    img = Image.new(mode, (40, 30), key)
+    if mode == "P":
+        img.putpalette([10, 20, 30, 200, 100, 50])
+    img.paste(opaque, (20, 0, 40, 30))  # right half opaque
+    out = pil_to_uint8(decode_image(encode(img, "PNG", transparency=key)))
+    assert out[:, :, :20].eq(255).all()  # the transparent half
+    assert not out[:, :, 20:].eq(255).any()
+
+
 @pytest.mark.parametrize("path", sorted(SAMPLE.glob("*/*.jpg")), ids=lambda p: p.name)
 def test_jpeg_draft_keeps_the_resize_covered_and_close(path):
     data = path.read_bytes()
@@ -140,3 +170,12 @@ def test_jpeg_draft_leaves_other_formats_and_rotation_alone():
     exif[0x0112] = 6
     sideways = encode(upright.rotate(90, expand=True), "JPEG", quality=95, exif=exif.tobytes())
     assert decode_image(sideways, draft_min_side=250).size == (400, 300)  # 1/2 scale, then turned upright
+
+
+def test_jpeg_draft_covers_mpo_the_jpeg_many_iphones_write():
+    first, second = decode_image(JPEG).resize((800, 600)), Image.new("RGB", (800, 600))
+    mpo = encode(first, "MPO", save_all=True, append_images=[second], quality=95)
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    draft = decode_image(mpo, draft_min_side=250)
+    assert draft.size == (400, 300)  # 1/2 scale, like a JPEG
+    assert pil_to_uint8(draft).float().mean() > 20  # the photo (frame 1), not the black frame
