@@ -164,6 +164,20 @@ def test_calibration_without_data_files_samples_the_folder(tiny_weights, tmp_pat
     assert len(export.select_calibration(bare, SAMPLE, 100, seed=0).files) == len(_sample_files())
 
 
+def test_int8_calibration_fits_a_max_batch_below_its_batch_size(tiny_weights):
+    model, spec, _ = export.load_bundle(tiny_weights)
+    calibration, _, _ = export.load_uint8_batch([SAMPLE / f for f, _ in _sample_files()], spec)
+    assert len(calibration) > 4
+    quantized = export.quantize_int8(export.MobileClassifier(model, spec).eval(), spec, calibration, max_batch=4)
+    assert quantized(calibration[:4]).shape == (4, 2)
+
+
+def test_swift_constants_keep_non_ascii_labels_literal():
+    text = export.swift_constants(PreprocessSpec(labels=("crème brûlée", "hot_dog")), "test")
+    assert '"crème brûlée"' in text and "\\u" not in text  # Swift would reject JSON's \u00e8
+    assert export.parse_swift_constants(text)["labels"] == ["crème brûlée", "hot_dog"]
+
+
 def test_coreml_pte_is_fully_delegated_with_its_settings(exported, tiny_weights):
     import coremltools as ct
 
