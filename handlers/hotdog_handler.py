@@ -163,8 +163,8 @@ class HotdogHandler(BaseHandler):
         if self.runtime == "compile":
             self.model = torch.compile(self.model, dynamic=True)
             with torch.inference_mode():  # compile now, not in the first request's time
-                for n in (1, 2):
-                    self.model(torch.zeros(n, 3, self.spec.input_size, self.spec.input_size))
+                for n in (1, 2):  # on the model's device (a CPU tensor would fail on a CUDA model)
+                    self.model(torch.zeros(n, 3, self.spec.input_size, self.spec.input_size, device=self.device))
         elif self.runtime.startswith("executorch"):
             self.method, self.max_batch = self._load_pte(model_dir, PTE_PROGRAMS[self.runtime], threads)
 

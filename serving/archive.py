@@ -27,10 +27,12 @@ MODEL_SRC_FILES = ("__init__.py", "resnn.py", "preprocess.py", "bundle.py")
 
 
 def mar_inputs(weights: Path = REPO / "weights") -> list[Path]:
-    """Files whose change makes an archive stale (the Makefile's MAR_INPUTS, for the tests' check)."""
+    """Files whose change makes an archive stale, for the tests' check: the Makefile's MAR_INPUTS
+    (tests/test_server_lifecycle.py keeps the two equal). Every model_src module counts, not only the
+    packed ones, and so does this builder: a change to how the archive is built makes it stale too."""
     weights = Path(weights)
-    return [weights / "model.pt", weights / SPEC_FILE, weights / "manifest.json", HANDLER, MODEL_CONFIG,
-            *(REPO / "model_src" / f for f in MODEL_SRC_FILES)]
+    return [weights / "model.pt", weights / SPEC_FILE, weights / "manifest.json", HANDLER,
+            *sorted((REPO / "model_src").glob("*.py")), MODEL_CONFIG, Path(__file__).resolve()]
 
 
 def build_mar(weights: Path, store: Path = MODEL_STORE, name: str = MODEL_NAME,

@@ -20,12 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import requests
 
 from serving.config import (CONFIG, KEY_FILE, LOG_CONFIG, MAR, MODEL_NAME, REPO, RUN_DIR, ServeConfig,
                             ServeError, read_keys)
 
 PID_FILE = ".model_server.pid"  # TorchServe's name, under TMPDIR
+FRONTEND_MAIN = "org.pytorch.serve.ModelServer"  # on the frontend's java command line
 MIN_JAVA = 11
 
 
@@ -80,12 +82,30 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _read_pid(tmpdir: Path) -> int | None:
+def _is_frontend(pid: int) -> bool:
+    """Whether pid runs TorchServe's frontend (the check TorchServe's own launcher makes)."""
     try:
-        pid = int((tmpdir / PID_FILE).read_text().split()[0])
+        return FRONTEND_MAIN in psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+
+
+def _read_pid(tmpdir: Path) -> int | None:
+    """The pid of the TorchServe whose pid file is under tmpdir, None if it is not running.
+
+    A server that died leaves its pid file behind, and the pid may since belong to any process:
+    trusting it would make `start` refuse and `stop` kill that process's group. So the pid counts
+    only while it is a TorchServe frontend; otherwise the stale file is removed, with a note."""
+    path = tmpdir / PID_FILE
+    try:
+        pid = int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if _pid_alive(pid) else None
+    if _pid_alive(pid) and _is_frontend(pid):
+        return pid
+    path.unlink(missing_ok=True)
+    print(f"note: removed stale {path} (pid {pid} is not a running TorchServe)", file=sys.stderr)
+    return None
 
 
 def _log_tail(workdir: Path, lines: int = 25) -> str:
@@ -140,9 +160,9 @@ def start(cfg: ServeConfig | None = None, workdir: Path = REPO, tmpdir: Path = R
     """Start TorchServe with `mar` registered as `model`, return once a worker is READY."""
     cfg = cfg or ServeConfig.load(CONFIG)
     workdir, tmpdir, mar = Path(workdir).resolve(), Path(tmpdir).resolve(), Path(mar).resolve()
-    if _read_pid(tmpdir) is not None:
-        raise ServeError(f"TorchServe is already running (pid {_read_pid(tmpdir)}, state in {tmpdir}): "
-                         "`make stop` first")
+    running = _read_pid(tmpdir)
+    if running is not None:
+        raise ServeError(f"TorchServe is already running (pid {running}, state in {tmpdir}): `make stop` first")
     java_command()
     if not mar.exists():
         raise ServeError(f"{mar} not found: build it with `make mar`")

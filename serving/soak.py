@@ -33,9 +33,20 @@ def test_images(data: Path) -> tuple[list[bytes], str]:
     return [p.read_bytes() for p in paths], str(data)
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank); None for no values (nothing was timed)."""
+    if not values:
+        return None
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(q / 100 * len(values)) - 1))]
+
+
+def latency_summary(latencies: list[float]) -> dict:
+    """p50/p90/p99/max/mean in ms; all None when there were no requests (a warm-up of 0)."""
+    if not latencies:
+        return dict.fromkeys(("p50", "p90", "p99", "max", "mean"))
+    return {**{f"p{q}": round(percentile(latencies, q), 1) for q in (50, 90, 99)},
+            "max": round(max(latencies), 1), "mean": round(statistics.fmean(latencies), 1)}
 
 
 def soak(srv, images: list[bytes], n: int, concurrency: int, timeout: float = 60.0,
@@ -90,9 +101,7 @@ def soak(srv, images: list[bytes], n: int, concurrency: int, timeout: float = 60
     return {
         "requests": n, "concurrency": concurrency, "errors": sum(errors.values()), "errors_by_status": errors,
         "wall_s": round(wall, 1), "requests_per_s": round(n / wall, 1),
-        "latency_ms": {"p50": round(percentile(latencies, 50), 1), "p90": round(percentile(latencies, 90), 1),
-                       "p99": round(percentile(latencies, 99), 1), "max": round(max(latencies), 1),
-                       "mean": round(statistics.fmean(latencies), 1)},
+        "latency_ms": latency_summary(latencies),
         "mean_batch_size": round((reqs1 - reqs0) / max(1.0, batches1 - batches0), 2),
         "worker_pid": pid, "worker_pid_unchanged": worker_pids(srv) == [pid],
         "rss_series": rss_series,
@@ -107,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(SHARED_DATA / "test"))
     parser.add_argument("--out", default=str(REPO / "reports" / "soak.json"))
     args = parser.parse_args(argv)
+    # Refused before a server starts: a soak of no requests (or no clients) has nothing to report.
+    if args.requests < 1 or args.concurrency < 1:
+        parser.error(f"--requests and --concurrency must be at least 1 (got {args.requests}, {args.concurrency})")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be 0 or more (got {args.warmup})")
     images, source = test_images(Path(args.data))
     with private_server() as srv:
         pid = worker_pids(srv)[0]
