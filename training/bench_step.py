@@ -1,7 +1,8 @@
 """Training-step speed of the CPU options issue 8 asked about: `python -m training.bench_step`.
 
 Each variant (memory format x torch.compile) runs in its own process, so one that crashes (channels_last
-backward corrupted the heap here on torch 2.14.1) is recorded as a crash instead of ending the benchmark.
+backward corrupted the heap here on torch 2.14.1) or runs past --timeout is recorded as a crash instead of
+ending the benchmark.
 Variants take turns for `--rounds`, so load from other jobs on the shared machine falls on all of them.
 Writes reports/bench_train_step.json: img/s per variant and size, and the ratio to eager NCHW.
 """
@@ -52,7 +53,10 @@ def run_variant(name: str, size: int, args) -> dict:
     cmd = [sys.executable, "-m", "training.bench_step", "--one", json.dumps(
         {"size": size, "channels_last": channels_last, "compiled": compiled, "widths": args.widths,
          "batch": args.batch, "steps": args.steps})]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:  # a hung variant (run() has killed it) must not lose the others' results
+        return {"crashed": True, "returncode": None, "error": f"timeout after {args.timeout:g} s"}
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"crashed": True, "returncode": proc.returncode, "error": last[-300:]}

@@ -3,7 +3,8 @@
 Trains each recipe under the same training-time budget on the same data and split, one after the
 other in one invocation, then evaluates each once on the test split. Writes reports/bench_train.json
 and reports/bench_train.png (validation accuracy vs training minutes). A recipe whose run folder is
-already complete is reused; an interrupted one is resumed.
+already complete is reused; an interrupted one is resumed; either only if it was trained with the same
+--budget-min and --data.
 """
 from __future__ import annotations
 
@@ -13,11 +14,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training.data import SHARED_DATA
+import yaml
+
+from model_src.cli import run_cli
+from training.data import SHARED_DATA, DataError
 from training.plots import plt
 
 REPO = Path(__file__).resolve().parent.parent
 THRESHOLDS = [0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
+
+
+def check_same_run(run_dir: Path, budget_min: float, data: Path) -> None:
+    """Refuse to reuse or resume a run folder trained on another budget or data: the report would label
+    its numbers with this command line's --budget-min."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        raise DataError(f"{run_dir} holds a run without config.yaml; remove it or choose another --runs")
+    saved = yaml.safe_load(saved_path.read_text())
+    # train.py runs in REPO, so a relative data path in its config is relative to REPO.
+    same_data = (REPO / saved["data"]).resolve() == (REPO / data).resolve()
+    if float(saved["time_budget_min"]) != budget_min or not same_data:
+        raise DataError(f"{run_dir} was trained with --budget-min {saved['time_budget_min']} --data {saved['data']}, "
+                        f"not --budget-min {budget_min} --data {data}; pass those or choose another --runs")
 
 
 def run_recipe(recipe: str, budget_min: float, run_dir: Path, data: Path) -> None:
@@ -66,9 +84,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", default="runs/bench_train")
     parser.add_argument("--report", default="reports/bench_train")
     args = parser.parse_args(argv)
+    run_dirs = {recipe: REPO / args.runs / recipe for recipe in args.recipes.split(",")}
+    # Every folder before any training: a refusal after the first recipe's 30 minutes would waste them.
+    for run_dir in run_dirs.values():
+        if (run_dir / "manifest.json").exists() or (run_dir / "checkpoint.pt").exists():
+            check_same_run(run_dir, args.budget_min, Path(args.data))
     results = []
-    for recipe in args.recipes.split(","):
-        run_dir = REPO / args.runs / recipe
+    for recipe, run_dir in run_dirs.items():
         run_recipe(recipe, args.budget_min, run_dir, Path(args.data))
         results.append(summarize(recipe, run_dir, Path(args.test_data)))
     report = Path(args.report)
@@ -91,5 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     return blob
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, (DataError,))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -89,7 +89,13 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.world > 1:
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cuda":
+                # sum() and from_main() (every step) reduce CPU float64 tensors, which nccl cannot carry:
+                # gloo takes the CPU ones, nccl the CUDA ones (DDP's gradients).
+                torch.cuda.set_device(self.local_rank)
+                dist.init_process_group("cpu:gloo,cuda:nccl")
+            else:
+                dist.init_process_group("gloo")
 
     @property
     def main(self) -> bool:
@@ -227,6 +233,11 @@ def main(argv: list[str] | None = None) -> Path:
     ckpt_path = out / "checkpoint.pt"
     if not args.resume and ckpt_path.exists():
         raise DataError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+    resume = args.resume and ckpt_path.exists()
+    if args.resume and not resume and ranks.main:
+        # Killed during epoch 1: there is nothing to lose, so start over with the run's saved config.
+        print(f"note: {out} has no checkpoint yet (killed in epoch 1); starting it again from scratch",
+              file=sys.stderr)
 
     # Data: scan, split, decode once.
     data_root = Path(cfg.data)
@@ -281,9 +292,10 @@ def main(argv: list[str] | None = None) -> Path:
     # "best" is the selection score, higher is better (minus the loss when selecting on loss).
     state = {"step": 0, "train_seconds": 0.0, "best": -math.inf, "best_epoch": -1, "epoch": 0,
              "best_val_acc": None, "best_val_loss": None}
+    best_weights = None  # eval model's state_dict at state["best_epoch"]; model.pt is a copy of it
 
     metrics_path = out / "metrics.jsonl"
-    if args.resume:
+    if resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -294,11 +306,17 @@ def main(argv: list[str] | None = None) -> Path:
         state = ckpt["scheduler"]
         if "best_val_loss" not in state:  # written before select_metric existed: "best" held an accuracy
             state.update(best=-math.inf, best_val_acc=None, best_val_loss=None)
-        # Drop metric lines written after the checkpoint (a kill between the two writes).
+        else:
+            best_weights = ckpt.get("best_model")
+        # Drop metric lines of epochs after the checkpoint's (a kill between the metrics line and the
+        # checkpoint): the resumed run replays those epochs and writes them again.
         if ranks.main and metrics_path.exists():
             lines = [ln for ln in metrics_path.read_text().splitlines()
                      if ln and json.loads(ln)["epoch"] <= state["epoch"]]
             metrics_path.write_text("".join(ln + "\n" for ln in lines))
+        # model.pt is written after the checkpoint, so a kill between the two left it a best behind.
+        if ranks.main and best_weights is not None:
+            atomic_save(best_weights, out / "model.pt")
         if ranks.main:
             print(f"resumed {out} at epoch {state['epoch'] + 1}", file=sys.stderr)
     elif ranks.main:
@@ -337,14 +355,21 @@ def main(argv: list[str] | None = None) -> Path:
             score = -sel_loss if cfg.select_metric == "loss" else sel_acc
             if score > state["best"]:
                 state.update(best=score, best_epoch=epoch, best_val_acc=sel_acc, best_val_loss=sel_loss)
-                atomic_save(eval_model.state_dict(), out / "model.pt")
+                # A copy: the EMA/model weights keep changing in place after this epoch.
+                best_weights = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
         row["peak_rss_mib"] = peak_rss_mib()
-        atomic_save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "scheduler": state, "epoch": epoch, "config": json.loads(json.dumps(vars(cfg)))},
-                    ckpt_path)
+        # Order matters for --resume, which trusts the checkpoint: it drops metric lines newer than the
+        # checkpoint and rewrites model.pt from the checkpoint's best, so a kill between any two of these
+        # writes resumes to the same run folder as no kill.
         with metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        atomic_save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "scheduler": state, "epoch": epoch, "best_model": best_weights,
+                     "config": json.loads(json.dumps(vars(cfg)))},
+                    ckpt_path)
+        if state["best_epoch"] == epoch:
+            atomic_save(best_weights, out / "model.pt")
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
         print(json.dumps(shown), file=sys.stderr)
         if budget_done:
