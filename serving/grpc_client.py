@@ -1,7 +1,8 @@
 """Ask the running server about one photo over gRPC: `python -m serving.grpc_client IMG` (make predict-grpc).
 
 Uses the stubs `make grpc-stubs` generates from the installed TorchServe's own .proto files, and the
-inference key from key_file.json, sent as `authorization: Bearer <key>` metadata.
+inference key from key_file.json, sent as `authorization: Bearer <key>` metadata (renewed through the
+management API when TorchServe refuses it, as it does once the key expired).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.config import MODEL_NAME, ServeConfig, ServeError, parse_client_args, read_keys
+from serving.config import MODEL_NAME, InferenceKey, ServeConfig, ServeError, parse_client_args
 from serving.grpc_stubs import import_stubs
 
 
@@ -31,12 +32,18 @@ def predict_bytes(image: bytes, target: str, key: str, model: str = MODEL_NAME, 
     return json.loads(response.prediction)
 
 
+def key_refused(answer: object) -> bool:
+    """For InferenceKey.call: TorchServe fails a call whose key is missing, wrong or expired with PERMISSION_DENIED."""
+    return isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_client_args(__doc__, argv)
     try:
         cfg = ServeConfig.load(args.config)
-        answer = predict_bytes(Path(args.image).read_bytes(), cfg.grpc_inference_target,
-                               read_keys(args.workdir)["inference"])
+        image = Path(args.image).read_bytes()
+        answer = InferenceKey.of_server(cfg, args.workdir).call(
+            lambda key: predict_bytes(image, cfg.grpc_inference_target, key), key_refused)
     except ServeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Ask the running server about one photo over HTTP: `python -m serving.http_client IMG` (make predict).
 
 The inference key is read from key_file.json in the directory TorchServe was started in (the repo
-root for `make serve`).
+root for `make serve`), and renewed through the management API when TorchServe refuses it (expired).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import requests
 
-from serving.config import MODEL_NAME, REPO, ServeConfig, ServeError, parse_client_args, read_keys
+from serving.config import (MODEL_NAME, REPO, InferenceKey, ServeConfig, ServeError, http_key_refused,
+                            parse_client_args)
 
 
 def predict_bytes(image: bytes, url: str, key: str, model: str = MODEL_NAME,
@@ -35,8 +36,9 @@ def predict_file(path: str | Path, cfg: ServeConfig, workdir: str | Path = REPO)
     # Only an image type is passed on: TorchServe hands text/* and JSON bodies to the handler decoded.
     guessed = mimetypes.guess_type(path.name)[0] or ""
     content_type = guessed if guessed.startswith("image/") else "application/octet-stream"
-    return predict_bytes(path.read_bytes(), cfg.inference_url, read_keys(workdir)["inference"],
-                         content_type=content_type)
+    image = path.read_bytes()
+    return InferenceKey.of_server(cfg, workdir).call(
+        lambda key: predict_bytes(image, cfg.inference_url, key, content_type=content_type), http_key_refused)
 
 
 def main(argv: list[str] | None = None) -> int:

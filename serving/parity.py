@@ -18,7 +18,7 @@ import requests
 import torch
 
 from model_src.bundle import load_bundle
-from serving.config import CONFIG, MODEL_NAME, REPO, ServeConfig, ServeError, read_keys
+from serving.config import CONFIG, MODEL_NAME, REPO, InferenceKey, ServeConfig, ServeError, http_key_refused
 from serving.http_client import predict_bytes
 from training.data import SHARED_DATA, DataError, scan_image_folder
 from training.evaluate import predict_files
@@ -26,14 +26,16 @@ from training.evaluate import predict_files
 TOLERANCE = 1e-5  # float32 reductions may differ in the last bits between batch compositions
 
 
-def served_probabilities(paths: list[Path], cfg: ServeConfig, key: str, labels: tuple[str, ...],
+def served_probabilities(paths: list[Path], cfg: ServeConfig, key: InferenceKey, labels: tuple[str, ...],
                          concurrency: int = 8) -> tuple[list, float]:
     """Per path: a probability list in label order, or an error string; plus the wall time."""
     session = requests.Session()
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency))
 
     def one(path: Path):
-        status, body = predict_bytes(path.read_bytes(), cfg.inference_url, key, session=session)
+        image = path.read_bytes()
+        status, body = key.call(lambda k: predict_bytes(image, cfg.inference_url, k, session=session),
+                                http_key_refused)
         if status != 200:
             return f"HTTP {status}: {body.get('error') or body.get('message') or body}"
         return body
@@ -60,7 +62,8 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
     paths = [s.path for s in samples]
     offline, kept, skipped = predict_files(model, spec, paths)
     batches_before, requests_before = batch_counters(cfg)
-    answers, seconds = served_probabilities(paths, cfg, read_keys(workdir)["inference"], spec.labels, concurrency)
+    answers, seconds = served_probabilities(paths, cfg, InferenceKey.of_server(cfg, workdir), spec.labels,
+                                            concurrency)
     batches_after, requests_after = batch_counters(cfg)
 
     version = manifest["weights_sha256"][:12]
@@ -72,11 +75,13 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
     offline_row = {i: row for row, i in enumerate(kept)}
     served_errors = {str(paths[i]): a for i, a in enumerate(answers) if isinstance(a, str)}
     both = [i for i in kept if isinstance(answers[i], dict)]
-    served = torch.tensor([[answers[i]["probabilities"][c] for c in spec.labels] for i in both])
+    # Shaped (images, classes) even when nothing was served, so the comparisons below stay defined.
+    served = torch.tensor([[answers[i]["probabilities"][c] for c in spec.labels] for i in both],
+                          dtype=torch.float32).reshape(len(both), len(spec.labels))
     eager = offline[[offline_row[i] for i in both]]
     y_true = torch.tensor([samples[i].label for i in both])
     agree = (served.argmax(1) == eager.argmax(1)).float()
-    max_dp = (served - eager).abs().max().item() if both else float("nan")
+    max_dp = (served - eager).abs().max().item() if both else None  # None: JSON has no NaN
     served_ok = [i for i, a in enumerate(answers) if isinstance(a, dict)]
     served_pred = torch.tensor([spec.labels.index(answers[i]["label"]) for i in served_ok])
     served_true = torch.tensor([samples[i].label for i in served_ok])
@@ -101,7 +106,7 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
                             if batches_after > batches_before else None),
     }
     report["pass"] = (not served_errors and len(skipped) == 0 and report["label_agreement"] == 1.0
-                      and max_dp <= TOLERANCE)
+                      and max_dp is not None and max_dp <= TOLERANCE)
     return report
 
 
@@ -129,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: report[k] for k in ("images", "label_agreement", "max_abs_prob_diff",
                                              "served_accuracy", "offline_accuracy", "served_images_per_s",
                                              "mean_batch_size", "pass")}))
+    if report["served_errors"]:  # the report lists them all; one says why
+        path, error = next(iter(report["served_errors"].items()))
+        print(f"{len(report['served_errors'])} images not served, e.g. {path}: {error}", file=sys.stderr)
     print(f"wrote {out}")
     return 0 if report["pass"] else 1
 

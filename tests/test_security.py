@@ -17,7 +17,7 @@ import requests
 
 from conftest import SAMPLE, logs_of_a_failed_load
 from serving import server
-from serving.config import MAR, ServeConfig
+from serving.config import KEY_FILE, MAR, ServeConfig
 from serving.grpc_stubs import import_stubs
 
 JPEG = sorted(SAMPLE.glob("hot_dog/*.jpg"))[0].read_bytes()
@@ -171,5 +171,21 @@ def test_tls_settings_serve_https_and_grpc_over_tls(tmp_path, monkeypatch):
                 inference_pb2.PredictionsRequest(model_name="hotdog", input={"data": JPEG}), timeout=60,
                 metadata=[("authorization", f"Bearer {srv.keys['inference']}")])
         assert b'"label"' in answer.prediction
+
+        # The web proxy speaks TLS to an https:// TorchServe, and renews its key over TLS too.
+        from web.proxy import Settings, Upstream
+
+        key_file = tmp_path / "work" / KEY_FILE
+        upstream = Upstream(Settings(cfg.inference_url, cfg.management_url, key_file))
+        status, body = upstream.predict(JPEG)
+        assert status == 200 and body["label"], body
+        before, old = key_file.read_text(), srv.keys["inference"]
+        renew = requests.get(f"{cfg.management_url}/token?type=inference",
+                             headers={"Authorization": f"Bearer {srv.keys['API']}"}, timeout=30)
+        assert renew.status_code == 200
+        key_file.write_text(before)  # the proxy's key is refused, and the file still holds it
+        status, body = upstream.predict(JPEG)
+        assert status == 200 and body["label"], body
+        assert srv.keys["inference"] != old
     finally:
         server.stop(tmp_path / "work", tmp_path / "tmp")

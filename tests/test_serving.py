@@ -1,5 +1,6 @@
 """A real TorchServe serving model_store/hotdog.mar (session fixture `torchserve` in conftest.py)."""
 import base64
+import json
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ import imagegen
 from conftest import REPO, SAMPLE, serve_config_copy
 from model_src.bundle import load_bundle
 from model_src.preprocess import bytes_to_tensor
-from serving import grpc_client, server
+from serving import grpc_client, parity, server
 from serving.config import MAR, read_keys
 from training.evaluate import predict_files
 
@@ -141,6 +142,22 @@ def test_grpc_predict(torchserve, eager):
     with pytest.raises(grpc.RpcError) as no_key:
         grpc_client.predict_bytes(jpeg, target, "wrong-key")
     assert "Token Authorization failed" in no_key.value.details()
+
+
+def test_parity_report_when_no_photo_is_served(torchserve, eager, tmp_path):
+    """Not one image served (here none is readable) still writes the report: failed, with each reason."""
+    _, spec, _ = eager
+    for label in spec.labels:
+        (tmp_path / "data" / label).mkdir(parents=True)
+        (tmp_path / "data" / label / "broken.jpg").write_bytes(b"not a photo")
+    out = tmp_path / "parity.json"
+    done = parity.main(["--data", str(tmp_path / "data"), "--weights", str(REPO / "weights"), "--out", str(out),
+                        "--config", str(torchserve.cfg.path), "--workdir", str(torchserve.workdir)])
+    report = json.loads(out.read_text())
+    assert done == 1 and report["pass"] is False and report["compared"] == 0
+    assert report["max_abs_prob_diff"] is None and len(report["offline_skipped"]) == len(spec.labels)
+    assert sorted(report["served_errors"]) == sorted(str(tmp_path / "data" / c / "broken.jpg") for c in spec.labels)
+    assert all(error.startswith("HTTP 4") for error in report["served_errors"].values()), report["served_errors"]
 
 
 def test_requests_without_the_token_are_refused(torchserve):

@@ -14,9 +14,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -524,6 +526,24 @@ def test_proxy_renews_a_rejected_inference_key(proxy, torchserve):
     assert "renewed TorchServe's inference key" in proxy.log_text()
     # The rest of the session's tests read the current key from the file, which TorchServe rewrote.
     assert served(torchserve, photo)[0] == 200
+
+
+def test_loopback_url_keeps_ipv6_brackets():
+    from web.proxy import _loopback_url
+
+    assert _loopback_url("http://[::1]:8080") == "http://[::1]:8080"
+    assert urllib.parse.urlsplit(_loopback_url("https://[::1]:8443")).port == 8443
+    for everywhere in ("http://0.0.0.0:8080", "http://[::]:8080"):  # bind-all addresses: reached over loopback
+        assert _loopback_url(everywhere) == "http://127.0.0.1:8080"
+
+
+def test_a_taken_port_names_the_make_variable():
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        done = subprocess.run([sys.executable, "-m", "web.proxy", "--port", str(squatter.getsockname()[1])],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "make web WEB_PORT=..." in done.stderr, done.stderr
 
 
 def test_lan_flag_listens_on_all_interfaces(torchserve, tmp_path):

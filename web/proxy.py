@@ -9,33 +9,35 @@ every browser that opens it. The browser talks only to this server, which
 * serves exactly three static files (index.html, app.js, style.css) and `GET /api/config`;
 * forwards `POST /api/predict` to TorchServe's `/predictions/<model>` (nothing else of TorchServe's
   inference, management or metrics APIs is reachable), adding `Authorization: Bearer <inference key>`
-  read from TorchServe's key_file.json, and renewing that key with the API key when it expires;
+  read from TorchServe's key_file.json, and renewing that key with the API key when it expires
+  (serving.config.InferenceKey, which the command-line clients share); over TLS when TorchServe's
+  address is https://;
 * caps the upload size, and turns "TorchServe is down" and TorchServe's own errors into JSON
   `{"error": "<words>", "status": <code>}` that the page can show;
 * answers only to loopback host names unless started with --lan (defeats DNS rebinding), sends a
   strict Content-Security-Policy, and never logs bodies or headers.
 
 Standard library only (plus serving.config, which reads TorchServe's addresses from
-serve_config/config.properties, the one place they are defined).
+serve_config/config.properties, the one place they are defined, and keeps its key current).
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import errno
 import http.client
 import http.server
 import json
 import logging
 import socket
 import sys
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.config import CONFIG as DEFAULT_TS_CONFIG
-from serving.config import KEY_FILE, MODEL_NAME, REPO, ServeConfig, ServeError
+from serving.config import (KEY_FILE, MODEL_NAME, REPO, InferenceKey, ServeConfig, ServeError, TokenError,
+                            http_connection, http_key_refused)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_WEIGHTS = REPO / "weights"
@@ -78,9 +80,11 @@ log = logging.getLogger("hotdog.web")
 def _loopback_url(address: str) -> str:
     """TorchServe may bind 0.0.0.0; the proxy connects to it over loopback."""
     parts = urllib.parse.urlsplit(address)
-    host = parts.hostname or "127.0.0.1"
+    host = parts.hostname or "127.0.0.1"  # urlsplit drops an IPv6 literal's brackets
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"  # without them the address's colons would read as the port's
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme or 'http'}://{host}:{port}"
 
@@ -114,97 +118,6 @@ def page_config(weights: Path, model: str, max_upload_bytes: int, timeout_s: flo
     }
 
 
-# ---- TorchServe token ---------------------------------------------------------------------------
-
-
-class TokenError(RuntimeError):
-    pass
-
-
-class InferenceToken:
-    """The inference key from TorchServe's key_file.json, re-read when the file changes.
-
-    TorchServe keys expire (token_expiration_min, 60 min by default). An expired key is renewed
-    through the management API with the API key (`GET /token?type=inference`), which rewrites
-    the key file. The keys go to TorchServe only, never into a response.
-    """
-
-    RENEW_MARGIN_S = 30.0
-
-    def __init__(self, key_file: Path, management_url: str | None, timeout_s: float = 10.0):
-        self.key_file = key_file
-        self.management_url = management_url
-        self.timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
-        self._keys: dict = {}
-
-    def _load(self) -> dict:
-        try:
-            st = self.key_file.stat()
-        except FileNotFoundError:
-            raise TokenError(f"TorchServe's key file {self.key_file} does not exist") from None
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            try:
-                self._keys = json.loads(self.key_file.read_text())
-            except (OSError, ValueError) as e:
-                raise TokenError(f"cannot read TorchServe's key file {self.key_file}: {e}") from None
-            self._stamp = stamp
-        return self._keys
-
-    def _inference(self) -> tuple[str, float | None]:
-        entry = self._load().get("inference") or {}
-        key = entry.get("key")
-        if not key:
-            raise TokenError(f"no inference key in {self.key_file}")
-        expires = entry.get("expiration time")
-        try:  # "2026-11-27T03:34:28.920442744Z": Python parses at most microseconds
-            head, _, frac = expires.rstrip("Z").partition(".")
-            when = dt.datetime.fromisoformat(f"{head}.{(frac or '0')[:6]}").replace(tzinfo=dt.timezone.utc)
-            return key, when.timestamp()
-        except (AttributeError, ValueError):
-            return key, None
-
-    def get(self) -> str:
-        with self._lock:
-            key, expires = self._inference()
-            if expires is not None and expires - time.time() < self.RENEW_MARGIN_S:
-                return self._renew_locked(key)
-            return key
-
-    def renew(self, rejected: str) -> str:
-        """The server refused `rejected`: pick up a newer key from the file, or ask for one."""
-        with self._lock:
-            key, _ = self._inference()
-            if key != rejected:
-                return key
-            return self._renew_locked(key)
-
-    def _renew_locked(self, old: str) -> str:
-        api_key = (self._load().get("API") or {}).get("key")
-        if not (api_key and self.management_url):
-            raise TokenError("the inference key expired and no API key/management address is available to renew it")
-        parts = urllib.parse.urlsplit(self.management_url)
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout_s)
-        try:
-            conn.request("GET", "/token?type=inference", headers={"Authorization": f"Bearer {api_key}"})
-            resp = conn.getresponse()
-            resp.read()
-        except OSError as e:
-            raise TokenError(f"renewing the inference key failed: {e}") from None
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise TokenError(f"renewing the inference key failed: management API answered HTTP {resp.status}")
-        self._stamp = None  # TorchServe rewrote the file
-        key, _ = self._inference()
-        if key == old:
-            raise TokenError("TorchServe did not issue a new inference key")
-        log.info("renewed TorchServe's inference key")
-        return key
-
-
 # ---- Forwarding ---------------------------------------------------------------------------------
 
 
@@ -213,13 +126,12 @@ class Upstream:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        parts = urllib.parse.urlsplit(settings.inference_url)
-        self.host, self.port = parts.hostname, parts.port
         self.path = f"/predictions/{urllib.parse.quote(settings.model, safe='')}"
-        self.token = InferenceToken(settings.key_file, settings.management_url)
+        self.token = InferenceKey(settings.key_file, settings.management_url)
 
     def _post(self, body: bytes, key: str) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.settings.timeout_s)
+        # TLS when TorchServe's address is https:// (README "Running exposed").
+        conn = http_connection(self.settings.inference_url, self.settings.timeout_s)
         try:
             # octet-stream: TorchServe hands the bytes to the handler untouched (text/* and JSON it would decode).
             conn.request("POST", self.path, body=body, headers={
@@ -235,10 +147,8 @@ class Upstream:
         down = ("The hot dog model server (TorchServe) is not running. "
                 "Start it with `make serve`, then try again.")
         try:
-            key = self.token.get()
-            status, raw = self._post(body, key)
-            if _is_token_rejection(status, raw):
-                status, raw = self._post(body, self.token.renew(key))
+            # An expired (or replaced) key is renewed and the photo sent once more.
+            status, raw = self.token.call(lambda key: self._post(body, key), http_key_refused)
         except TokenError as e:
             log.error("token: %s", e)
             if not self.token.key_file.exists():
@@ -258,16 +168,6 @@ class Upstream:
 
 def _error(status: int, message: str) -> dict:
     return {"error": message, "status": status}
-
-
-def _is_token_rejection(status: int, raw: bytes) -> bool:
-    # TorchServe 0.12 answers a missing, wrong or expired key with 400 InvalidKeyException (401 in later versions).
-    if status not in (400, 401):
-        return False
-    try:
-        return json.loads(raw).get("type") == "InvalidKeyException"
-    except (ValueError, AttributeError):
-        return False
 
 
 def _translate(status: int, raw: bytes, model: str) -> tuple[int, dict]:
@@ -566,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = WebServer((host, args.port), settings)
     except OSError as e:
-        print(f"error: cannot listen on {host}:{args.port}: {e.strerror or e}"
-              f"{' (another program uses the port; pick one with PORT=...)' if e.errno == 98 else ''}", file=sys.stderr)
+        # `make web` takes the port as WEB_PORT (PORT is not read).
+        taken = (" (another program uses the port; pick another with `make web WEB_PORT=...` or --port)"
+                 if e.errno == errno.EADDRINUSE else "")
+        print(f"error: cannot listen on {host}:{args.port}: {e.strerror or e}{taken}", file=sys.stderr)
         return 2
     port = server.server_address[1]
     if not torchserve_listening(settings):
