@@ -42,9 +42,10 @@ eval: setup
 # ExecuTorch .pte files for iOS (fp32, int8, Core ML) + hotdog.json in mobile_export/out/; regenerates the
 # iOS sample's PreprocessConstants.swift. int8 calibrates on training images only.
 .PHONY: export export-parity bench-mobile
-# The .pte files the serving runtimes (and their tests) take from mobile_export/out: exported once.
+# The .pte files the serving runtimes take from mobile_export/out: exported again when the weights or
+# the exporter change (a .pte from other weights is refused by the handler).
 PTE_META := mobile_export/out/hotdog.json
-$(PTE_META): | setup
+$(PTE_META): $(addprefix $(WEIGHTS)/,model.pt manifest.json preprocess.json) mobile_export/export.py | setup
 	$(MAKE) --no-print-directory export
 export: setup
 	$(PY) -m mobile_export.export --weights $(WEIGHTS) --calib-data $(DATA)
@@ -113,7 +114,7 @@ $(MAR_INT8): $(MAR_INPUTS) serve_config/model-config.int8.yaml $(PTE_META) | set
 # -> reports/bench_serve.{json,png}. BENCH_ARGS="--quick" for a smoke run, "--variants ..." for a sweep.
 .PHONY: mar-int8 bench-serve
 bench-serve: setup $(PTE_META)
-	$(PY) -m bench.serve_load $(BENCH_ARGS)
+	$(PY) -m bench.serve_load --weights $(WEIGHTS) --data $(TEST_DATA) $(BENCH_ARGS)
 
 # Every test/ image through the running server vs offline evaluation -> reports/serve_parity.json.
 serve-parity: setup

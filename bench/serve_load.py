@@ -282,10 +282,10 @@ def run_level(target: Target, images, concurrency: int, duration: float, max_req
                 if state.get("closed"):
                     break
                 if status == 200:
-                    latencies.append(dt)
-                    try:
+                    try:  # an answer without a label is an error, not a fast success
                         answers[rel] = json.loads(data)["label"]
-                    except (ValueError, KeyError):
+                        latencies.append(dt)
+                    except (ValueError, KeyError, TypeError):
                         errors.append("bad json")
                 else:
                     errors.append(str(status))

@@ -165,3 +165,48 @@ def test_bench_serve_quick(tmp_path, request_format):
     assert report["servers"]["ts-eager"]["agreement_with_baseline"] == 1.0  # same weights, same eager fp32
     assert report["servers"]["ts-eager"]["ratio_vs_baseline"]["8"]["req_per_s"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_the_int8_archive_is_re_exported_when_the_weights_change():
+    """make mar-int8 / bench-serve pack mobile_export/out's .pte; the handler refuses one exported from
+    other weights, so the export must count the weights (and the exporter) as its inputs."""
+    database = subprocess.run(["make", "-pn", "-C", str(REPO), "--no-print-directory", "nothing"],
+                              capture_output=True, text=True).stdout
+    rule, = [line for line in database.splitlines() if line.startswith("mobile_export/out/hotdog.json:")]
+    prerequisites = rule.split(":", 1)[1].split("|")[0].split()
+    assert {"weights/model.pt", "weights/manifest.json", "weights/preprocess.json",
+            "mobile_export/export.py"} <= set(prerequisites)
+    int8_rule, = [line for line in database.splitlines() if line.startswith("model_store/int8/hotdog.mar:")]
+    assert "mobile_export/out/hotdog.json" in int8_rule.split(":", 1)[1]
+
+
+def test_an_answer_without_a_label_is_an_error_not_a_success():
+    """A server answering 200 with junk must not look fast: the load generator counts it once, as an error."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import os
+    import threading
+
+    class Junk(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "8")
+            self.end_headers()
+            self.wfile.write(b"not json")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Junk)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        target = serve_load.Target()
+        target.name, target.host, target.port, target.path = "junk", "127.0.0.1", httpd.server_port, "/"
+        target.headers, target.pid = {}, os.getpid()
+        images = serve_load.load_images(SAMPLE, limit=2, request="raw")
+        level = serve_load.merge_windows(2, [serve_load.run_level(target, images, 2, duration=0.5,
+                                                                  max_requests=20, warmup=2, request="raw")])
+    finally:
+        httpd.shutdown()
+    assert level["requests"] > 0 and level["ok"] == 0 and level["errors"] == level["requests"]
+    assert level["req_per_s"] == 0 and level["p50_ms"] is None

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# tests/test_web.py drives a real headless Chromium through chromedriver. Browsers cannot be
-# downloaded by the test tools here, so Debian's packages are installed; skipped when present.
+# tests/test_web.py drives a real headless Chromium through chromedriver, and tests/test_security.py
+# makes a TLS certificate with the openssl command. Browsers cannot be downloaded by the test tools
+# here, so Debian's packages are installed; skipped when present.
 set -euo pipefail
-PACKAGES=(chromium chromium-driver fonts-noto-color-emoji)
+PACKAGES=(chromium chromium-driver fonts-noto-color-emoji openssl)
 
 if ! command -v apt-get >/dev/null; then
-    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
-        echo "web-deps: chromium and chromedriver found"; exit 0
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v openssl >/dev/null; then
+        echo "web-deps: chromium, chromedriver and openssl found"; exit 0
     fi
-    echo "web-deps: install chromium and chromedriver (no apt-get here)" >&2; exit 1
+    echo "web-deps: install chromium, chromedriver and openssl (no apt-get here)" >&2; exit 1
 fi
 missing=()
 for pkg in "${PACKAGES[@]}"; do

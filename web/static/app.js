@@ -21,10 +21,11 @@
     dropzone: $("dropzone"),
   };
 
-  // Used until /api/config answers (and if it never does): the proxy's defaults.
+  // Used until /api/config answers (and if it never does): what the proxy sends for the shipped model
+  // (upload_short_side: web/proxy.py's UPLOAD_SCALE x weights/preprocess.json's resize_size).
   let config = {
     positive_label: "hot_dog",
-    upload_short_side: 292,
+    upload_short_side: 328,
     jpeg_quality: 0.9,
     max_upload_bytes: 10 * 1024 * 1024,
     timeout_s: 30,
@@ -209,7 +210,10 @@
     if (status === 415 || status === 400 || status === 422) {
       return new PageError("That's not a photo I can read", said ? sentence(said) : `Try a ${ACCEPTED} picture.`);
     }
-    if (status === 502 || status === 503 || status === 504) {
+    if (status === 504) {
+      return new PageError("The server took too long", said || "The model server did not answer in time. Try again.");
+    }
+    if (status === 502 || status === 503) {
       return new PageError("The hot dog server is down", said || "The model server is not answering. Try again in a moment.");
     }
     if (status === 403) return new PageError("The server refused this page", said);
@@ -252,6 +256,7 @@
     clearOutcome();
     setState("busy");
     ui.spinner.hidden = false;
+    showPreview(null);  // an error about this file must not sit next to the previous photo
     try {
       if (file.size === 0) throw new PageError("That's not a photo I can read", "The file is empty.");
       const upload = await prepareUpload(file);
