@@ -56,7 +56,9 @@ def test_grpc_model_registration_is_off(torchserve):
     request = management_pb2.RegisterModelRequest(url="hotdog.mar", model_name="other", initial_workers=1)
     with pytest.raises(grpc.RpcError) as refused:
         grpc_call(torchserve.cfg.grpc_management_target, register, request, torchserve.keys["management"])
-    assert refused.value.code() != grpc.StatusCode.OK
+    # Refused because the model API is off, not for the key or a connection problem.
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "Model API disabled" in refused.value.details()
     assert "other" not in requests.get(f"{torchserve.cfg.management_url}/models",
                                        headers=torchserve.management_headers(), timeout=30).text
 
@@ -144,7 +146,7 @@ def test_tls_settings_serve_https_and_grpc_over_tls(tmp_path, monkeypatch):
     from serving.harness import free_ports
 
     if not shutil.which("openssl"):
-        pytest.skip("openssl not installed (needed to make a test certificate)")
+        pytest.fail("openssl not installed (needed to make a test certificate; .ci/run.d/web-deps.sh installs it)")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],

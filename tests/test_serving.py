@@ -220,8 +220,9 @@ def test_per_batch_log_lines_are_cut_to_the_batch_histogram(torchserve):
         assert new, name
         for worker in {w for w, _ in new}:
             times = [t for w, t in new if w == worker]
-            # 1 s apart in the worker; the frontend's read time adds a little jitter
-            assert all(b - a > 0.8 for a, b in zip(times, times[1:])), (name, times)
+            # 1 s apart in the worker; these are the frontend's read times, which a busy machine can
+            # delay line by line, so the bound is loose (unthrottled gauges are ~0.03 s apart)
+            assert all(b - a > 0.5 for a, b in zip(times, times[1:])), (name, times)
     model_log = (torchserve.workdir / "logs" / "model_log.log").read_text()
     assert "hotdog model" in model_log and "Backend received inference" not in model_log
 
@@ -251,14 +252,14 @@ def test_make_serve_and_stop(tmp_path):
     host, port = cfg.listen_ports()["gRPC inference"]
     import socket
 
-    with socket.socket() as squatter:
-        squatter.bind((host, port))
-        squatter.listen()
-        done = run_make("serve", *where)
-        assert done.returncode != 0
-        assert f"port already in use: {port} (gRPC inference" in done.stderr
-        assert not (tmp_path / "tmp" / server.PID_FILE).exists()
-    try:
+    try:  # from the first `make serve` on: a regression that starts a server must not leak it
+        with socket.socket() as squatter:
+            squatter.bind((host, port))
+            squatter.listen()
+            done = run_make("serve", *where)
+            assert done.returncode != 0
+            assert f"port already in use: {port} (gRPC inference" in done.stderr
+            assert not (tmp_path / "tmp" / server.PID_FILE).exists()
         done = run_make("serve", *where)
         assert done.returncode == 0, done.stderr
         assert "READY" in done.stdout and '"label": ' in done.stdout
