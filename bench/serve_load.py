@@ -8,6 +8,8 @@ then, per level, each gets `--rounds` windows in turn (rotating order), so load 
 shared machine falls on every server alike. Servers, on the same weights:
   baseline          bench/baselines/fastapi_app.py (FastAPI + uvicorn, one eager forward per request);
   baseline-t1       the same app with torch.set_num_threads(1): a tuned reference (--baseline-threads);
+  baseline-pool     the same app running decode + forward in its thread pool, as a `def` endpoint
+                    does (--baseline-pool);
   ts-<variant>      our TorchServe on hotdog.mar built with that variant's model-config.yaml
                     (runtime, threads, batchSize, maxBatchDelay, workers), free ports, own workdir.
 Per server and C: req/s, p50/p90/p99 latency, errors, the server processes' CPU time (psutil,
@@ -146,14 +148,14 @@ class Target:
 
 
 class Baseline(Target):
-    def __init__(self, weights: Path, workdir: Path, threads: int = 0):
-        self.name = "baseline" if not threads else f"baseline-t{threads}"
+    def __init__(self, weights: Path, workdir: Path, threads: int = 0, threadpool: bool = False):
+        self.name = "baseline" + (f"-t{threads}" if threads else "") + ("-pool" if threadpool else "")
         self.host, self.port, self.path = "127.0.0.1", free_ports(1)[0], "/predict"
         self.headers = {}
         self.log = open(workdir / f"{self.name}.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.baselines.fastapi_app", "--weights", str(weights), "--port", str(self.port),
-             "--threads", str(threads)],
+             "--threads", str(threads), *(["--threadpool"] if threadpool else [])],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 120
@@ -417,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"TorchServe variants, comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--baseline-threads", type=int, default=1,
                         help="also run the baseline with torch.set_num_threads(N) as a tuned reference (0: skip)")
+    parser.add_argument("--baseline-pool", action="store_true",
+                        help="also run the baseline with decode + forward in its thread pool (a `def` endpoint)")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per level (upper bound)")
     parser.add_argument("--max-requests", type=int, default=20000,
@@ -462,16 +466,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="hotdog-bench-") as tmp:
         tmp = Path(tmp)
-        order = [("baseline", None)] + ([("baseline-t", args.baseline_threads)] if args.baseline_threads else [])
-        order += [(v, VARIANTS[v]) for v in variants]
+        baselines = [{}] + ([{"threads": args.baseline_threads}] if args.baseline_threads else [])
+        baselines += [{"threadpool": True}] if args.baseline_pool else []
         targets = []
-        try:
-            for name, overrides in order:  # all up at once; an idle server costs next to no CPU
-                log(f"{name}: starting")
-                if overrides is None or isinstance(overrides, int):
-                    targets.append(Baseline(weights, tmp, overrides or 0))
-                else:
-                    targets.append(TorchServe(name, overrides, weights, tmp))
+        try:  # all up at once; an idle server costs next to no CPU
+            for options in baselines:
+                targets.append(Baseline(weights, tmp, **options))
+                log(f"{targets[-1].name}: started")
+            for variant in variants:
+                log(f"{variant}: starting")
+                targets.append(TorchServe(variant, VARIANTS[variant], weights, tmp))
             results = run_all(targets, images, levels, args.duration, args.max_requests, args.warmup,
                               args.rounds, log, args.request)
         finally:
@@ -496,13 +500,10 @@ def main(argv: list[str] | None = None) -> int:
                 for c in levels}
 
     servers = report["servers"]
-    tuned = next((n for n in servers if n.startswith("baseline-t")), None)
+    references = [n for n in servers if n.startswith("baseline")]  # "baseline" first: the headline
     for name, entry in servers.items():
-        if name.startswith("baseline"):
-            continue
-        entry["ratio_vs_baseline"] = ratios(entry, servers["baseline"]["levels"])
-        if tuned:
-            entry[f"ratio_vs_{tuned}"] = ratios(entry, servers[tuned]["levels"])
+        if name not in references:
+            entry.update({f"ratio_vs_{ref}": ratios(entry, servers[ref]["levels"]) for ref in references})
     report["machine"]["loadavg_after"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

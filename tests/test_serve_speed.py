@@ -145,16 +145,17 @@ def test_bench_variants_named_after_the_shipped_int8_config_are_that_config():
 @pytest.mark.parametrize("request_format", ["multipart", "raw"])
 def test_bench_serve_quick(tmp_path, request_format):
     """`make bench-serve` end to end, tiny: the FastAPI baseline and our TorchServe, one after the other,
-    with the JPEGs sent as an upload form and as the raw body."""
+    with the JPEGs sent as an upload form and as the raw body (the form also to the thread-pool baseline)."""
     out = tmp_path / "bench.json"
+    pool = request_format == "multipart"
     # The sample photos, not ../shared: the suite runs on a bare clone.
     done = subprocess.run([sys.executable, "-m", "bench.serve_load", "--quick", "--data", str(SAMPLE),
-                           "--request", request_format, "--out", str(out)],
+                           "--request", request_format, "--out", str(out), *(["--baseline-pool"] if pool else [])],
                           cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["request"]["format"] == request_format
-    assert set(report["servers"]) == {"baseline", "ts-eager"}
+    assert set(report["servers"]) == {"baseline", "ts-eager", *(["baseline-pool"] if pool else [])}
     for name, entry in report["servers"].items():
         for c in ("1", "8"):
             level = entry["levels"][c]
@@ -164,6 +165,9 @@ def test_bench_serve_quick(tmp_path, request_format):
             assert 0 < level["server_root_cpu_ms_per_req"] <= level["server_cpu_ms_per_req"]
     assert report["servers"]["ts-eager"]["agreement_with_baseline"] == 1.0  # same weights, same eager fp32
     assert report["servers"]["ts-eager"]["ratio_vs_baseline"]["8"]["req_per_s"] > 0
+    if pool:
+        assert report["servers"]["baseline-pool"]["agreement_with_baseline"] == 1.0
+        assert report["servers"]["ts-eager"]["ratio_vs_baseline-pool"]["8"]["req_per_s"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
 
 

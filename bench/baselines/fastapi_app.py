@@ -5,7 +5,8 @@ model_src.preprocess and run through one eager fp32 ResNN forward: no batching, 
 the same weights (model_src.bundle) and the same preprocessing as the TorchServe handler. The
 endpoint is an `async def` that runs the forward inline, the pattern most tutorials show; torch keeps
 its default thread count (`--threads N` sets torch.set_num_threads, for a tuned comparison).
-Answers the handler's JSON.
+`--threadpool` runs decode + forward in Starlette's thread pool instead, what a plain `def` endpoint
+does, so requests overlap. Answers the handler's JSON.
 
     python -m bench.baselines.fastapi_app --weights weights --port 8200
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from model_src.bundle import load_bundle
 from model_src.preprocess import ImageError, decode_image, image_to_tensor
@@ -26,7 +28,7 @@ from model_src.preprocess import ImageError, decode_image, image_to_tensor
 REPO = Path(__file__).resolve().parents[2]
 
 
-def create_app(weights: str | Path) -> FastAPI:
+def create_app(weights: str | Path, threadpool: bool = False) -> FastAPI:
     model, spec, manifest = load_bundle(weights, "cpu")
     labels = list(spec.labels)
     version = manifest["weights_sha256"][:12]
@@ -44,6 +46,9 @@ def create_app(weights: str | Path) -> FastAPI:
             data = await upload.read() if upload is not None and hasattr(upload, "read") else b""
         else:
             data = await request.body()
+        return await run_in_threadpool(answer, data) if threadpool else answer(data)
+
+    def answer(data: bytes):
         try:
             x = image_to_tensor(decode_image(data, spec.max_pixels), spec)
         except ImageError as e:
@@ -65,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8200)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threadpool", action="store_true",
+                        help="decode + forward in the thread pool (a `def` endpoint) instead of inline")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    uvicorn.run(create_app(args.weights), host=args.host, port=args.port, log_level="warning",
+    uvicorn.run(create_app(args.weights, args.threadpool), host=args.host, port=args.port, log_level="warning",
                 access_log=False)
     return 0
 
