@@ -127,13 +127,18 @@ def _no_key_file(path: Path) -> str:
             "(it writes its access keys there when token authorization is on)")
 
 
+def _parse_keys(text: str) -> dict[str, str]:
+    """key_file.json's text -> {'inference': key, 'management': key, 'API': key}."""
+    data = json.loads(text)
+    return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
+
+
 def read_keys(workdir: str | Path) -> dict[str, str]:
     """{'inference': key, 'management': key, 'API': key} from key_file.json in the server's directory."""
     path = Path(workdir) / KEY_FILE
     if not path.exists():
         raise ServeError(_no_key_file(path))
-    data = json.loads(path.read_text())
-    return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
+    return _parse_keys(path.read_text())
 
 
 # ---- Calling TorchServe with a key that expires ----------------------------------------------------
@@ -198,7 +203,7 @@ class InferenceKey:
         return cls(Path(workdir) / KEY_FILE, cfg.management_url)
 
     def _load(self) -> dict:
-        """The key file's contents, re-read only when the file changed."""
+        """The key file's keys by name, re-read only when the file changed."""
         try:
             st = self.key_file.stat()
         except FileNotFoundError:
@@ -206,14 +211,14 @@ class InferenceKey:
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             try:
-                self._keys = json.loads(self.key_file.read_text())
+                self._keys = _parse_keys(self.key_file.read_text())
             except (OSError, ValueError) as e:
                 raise TokenError(f"cannot read TorchServe's key file {self.key_file}: {e}") from None
             self._stamp = stamp
         return self._keys
 
     def _inference(self) -> str:
-        key = (self._load().get("inference") or {}).get("key")
+        key = self._load().get("inference")
         if not key:
             raise TokenError(f"no inference key in {self.key_file}")
         return key
@@ -230,7 +235,7 @@ class InferenceKey:
             return key if key != rejected else self._renew_locked(key)
 
     def _renew_locked(self, old: str) -> str:
-        api_key = (self._load().get("API") or {}).get("key")
+        api_key = self._load().get("API")
         if not (api_key and self.management_url):
             raise TokenError("the inference key expired and no API key/management address is available to renew it")
         conn = http_connection(self.management_url, self.timeout_s)
