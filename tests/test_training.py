@@ -57,6 +57,29 @@ def test_source_repeats_lengthen_the_epoch_by_that_source_only():
     assert train.epoch_sample_order(["a", "b"], {}).tolist() == [0, 1]
 
 
+def test_cutmix_labels_are_mixed_by_the_area_pasted():
+    from training.presets import cutmix
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 16, 16).contiguous()
+    y = torch.tensor([0, 1, 1, 0])
+    for _ in range(20):
+        mixed, target = cutmix(x, y, 2, g)
+        pasted = (mixed != x)[:, 0].float().mean(dim=(1, 2))  # row i got its box from row i-1
+        assert torch.allclose(target.sum(1), torch.ones(4))
+        # Row 1 (label 1) took its box from row 0 (label 0): its label-0 share is the area pasted.
+        assert target[1, 0].item() == pytest.approx(pasted[1].item())
+        assert target[3, 1].item() == pytest.approx(pasted[3].item())
+        assert target[0].tolist() == [1.0, 0.0] and mixed[0].min() >= 0  # same class pasted: label unchanged
+
+
+def test_cutmix_run_trains_and_records_it(sample_tree, tmp_path):
+    out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "run"), "--epochs", "1", "--cutmix", "1",
+                      *TINY_TRAIN_ARGS])
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train_loss"] > 0
+    assert "cutmix: 1" in (out / "config.yaml").read_text()
+
+
 @pytest.mark.parametrize("metric", ["loss", "acc"])
 def test_checkpoint_is_chosen_by_the_configured_validation_metric(sample_tree, tmp_path, metric):
     out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / metric), "--epochs", "4",

@@ -59,6 +59,7 @@ class TrainConfig:
     crop_scale_min: float = 0.25
     color_jitter: float = 0.3
     random_erasing: float = 0.25
+    cutmix: float = 0.0  # probability that a batch is CutMix-ed (0 = off)
     # Runtime
     device: str = "auto"  # auto, cpu, cuda
     amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA), bf16, fp16, off

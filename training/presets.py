@@ -76,3 +76,21 @@ class TrainAugment:
             left = int(torch.randint(0, w - ew + 1, (1,), generator=g))
             x[i, :, top:top + eh, left:left + ew] = torch.randn(3, eh, ew, generator=g)
         return x
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix on a batch: paste one box (area ~ U(0, 1)) from the next sample, mix the labels by area.
+
+    Returns the mixed images and (B, num_classes) label probabilities.
+    """
+    _, _, h, w = x.shape
+    side = math.sqrt(1.0 - torch.rand(1, generator=g).item())  # Beta(1, 1) mixing ratio, as in the paper
+    ch, cw = round(h * side), round(w * side)
+    cy, cx = int(torch.randint(0, h, (1,), generator=g)), int(torch.randint(0, w, (1,), generator=g))
+    top, bottom = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
+    left, right = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+    x = x.clone()
+    x[:, :, top:bottom, left:right] = x.roll(1, dims=0)[:, :, top:bottom, left:right]
+    pasted = (bottom - top) * (right - left) / (h * w)  # the area actually pasted, after clipping
+    onehot = F.one_hot(y, num_classes).float()
+    return x, onehot * (1.0 - pasted) + onehot.roll(1, dims=0) * pasted

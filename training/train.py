@@ -28,7 +28,7 @@ from model_src.preprocess import PreprocessSpec, normalize
 from model_src.resnn import ResNN
 from training.config import TrainConfig, parse_config
 from training.data import DataError, file_list_sha256, load_cached, scan_image_folder, stratified_split
-from training.presets import TrainAugment
+from training.presets import TrainAugment, cutmix
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -151,13 +151,16 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoc
         step_start = clock()
         x = augment(images[idx], size, g).to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
+        target = y
+        if cfg.cutmix > 0 and torch.rand(1, generator=g).item() < cfg.cutmix:
+            x, target = cutmix(x, y, unwrap(model).head.out_features, g)
         if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress)
         with autocast:
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
