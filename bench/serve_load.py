@@ -90,6 +90,9 @@ VARIANTS = {
     "int8-w2t1-b1-draft": {**DRAFT_INT8, "batchSize": 1},
     # the shipped int8 config with one server setting changed
     "mar-int8-serialgc": {**config_as_overrides(INT8_CONFIG), "server": {"vmargs": "-XX:+UseSerialGC"}},
+    # one Netty event-loop thread for clients and one for the workers (default: 2 per core each)
+    "mar-int8-netty1": {**config_as_overrides(INT8_CONFIG),
+                        "server": {"number_of_netty_threads": "1", "netty_client_threads": "1"}},
     "mar-int8-quiet": {**config_as_overrides(INT8_CONFIG),
                        "server": {"async_logging": "true", "disable_system_metrics": "true"}},
     "int8-w3t1-b8d1": {**INT8_W2T1, "minWorkers": 3, "maxWorkers": 3, "maxBatchDelay": 1},
