@@ -90,7 +90,7 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: torch.Generato
     top, bottom = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
     left, right = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
     x = x.clone()
-    x[:, :, top:bottom, left:right] = x.roll(1, dims=0)[:, :, top:bottom, left:right]
+    x[:, :, top:bottom, left:right] = x[:, :, top:bottom, left:right].roll(1, dims=0)
     pasted = (bottom - top) * (right - left) / (h * w)  # the area actually pasted, after clipping
     onehot = F.one_hot(y, num_classes).float()
     return x, onehot * (1.0 - pasted) + onehot.roll(1, dims=0) * pasted
