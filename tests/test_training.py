@@ -80,6 +80,34 @@ def test_cutmix_run_trains_and_records_it(sample_tree, tmp_path):
     assert "cutmix: 1" in (out / "config.yaml").read_text()
 
 
+def test_sgd_run_trains_with_nesterov_momentum_and_records_it(sample_tree, tmp_path):
+    out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "run"), "--epochs", "2",
+                      *TINY_TRAIN_ARGS, "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "5e-4"])
+    assert "optimizer: sgd" in (out / "config.yaml").read_text()
+    opt = torch.load(out / "checkpoint.pt", weights_only=True)["optimizer"]
+    assert [g["nesterov"] for g in opt["param_groups"]] == [True, True]
+    assert [g["weight_decay"] for g in opt["param_groups"]] == [5e-4, 0.0]  # norms and biases never decay
+    assert all("momentum_buffer" in s for s in opt["state"].values())
+    resumed = train.main(["--out", str(out), "--resume", "--epochs", "3"])  # an SGD checkpoint resumes
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_float_fields_accept_exponents_without_a_dot(tmp_path):
+    from training.config import parse_config
+
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\n")  # PyYAML alone reads both of these as strings
+    cfg, _ = parse_config(["--config", str(tmp_path / "c.yaml"), "--weight-decay", "5e-4"])
+    assert (cfg.lr, cfg.weight_decay) == (1e-3, 5e-4)
+    with pytest.raises(SystemExit):
+        parse_config(["--lr", "fast"])
+
+
+def test_unknown_optimizer_is_refused(sample_tree, tmp_path, capsys):
+    code = train.cli(["--data", str(sample_tree), "--out", str(tmp_path / "r"), "--optimizer", "lion",
+                      *TINY_TRAIN_ARGS])
+    assert code != 0 and "optimizer must be one of adamw, sgd, got 'lion'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("metric", ["loss", "acc"])
 def test_checkpoint_is_chosen_by_the_configured_validation_metric(sample_tree, tmp_path, metric):
     out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / metric), "--epochs", "4",

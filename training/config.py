@@ -48,6 +48,9 @@ class TrainConfig:
     # time the run would take with the cores to itself (this machine is shared, so wall time is noise).
     budget_clock: str = "wall"
     batch_size: int = 64
+    # adamw (decoupled weight decay) or sgd (Nesterov momentum 0.9, L2 weight decay: give it a larger
+    # lr, e.g. 0.1, and a smaller weight_decay, e.g. 5e-4). Bias and norm parameters never decay.
+    optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: float = 0.03  # fraction of training
@@ -101,4 +104,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.N
         raw = getattr(args, f.name)
         if raw is not None:
             values[f.name] = raw if f.type == "str" else yaml.safe_load(raw)
+        if f.type == "float" and isinstance(values.get(f.name), str):
+            # YAML 1.1 (PyYAML) reads 5e-4, without a dot, as a string.
+            try:
+                values[f.name] = float(values[f.name])
+            except ValueError:
+                parser.error(f"{f.name} must be a number, got {values[f.name]!r}")
     return TrainConfig(**values), args

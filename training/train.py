@@ -126,6 +126,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+OPTIMIZERS = {
+    "adamw": lambda groups, lr: torch.optim.AdamW(groups, lr=lr),
+    "sgd": lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
+}
+
+
+def make_optimizer(cfg: TrainConfig, decay: list, no_decay: list) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer]([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], cfg.lr)
+
+
 def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoch_order, cfg: TrainConfig, state: dict,
                     epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at, ranks: Dist
                     ) -> dict:
@@ -224,6 +235,8 @@ def main(argv: list[str] | None = None) -> Path:
     cfg, args = parse_config(argv)
     if cfg.select_metric not in ("loss", "acc"):  # before minutes of decoding, not after
         raise DataError(f"select_metric must be 'loss' or 'acc', got {cfg.select_metric!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise DataError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     wall_start = time.perf_counter()
     out = Path(cfg.out)
     check_writable(out)
@@ -280,8 +293,7 @@ def main(argv: list[str] | None = None) -> Path:
         model = model.to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = make_optimizer(cfg, decay, no_decay)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
     autocast, scaler = autocast_for(cfg, device)
