@@ -73,6 +73,13 @@ def test_cutmix_labels_are_mixed_by_the_area_pasted():
         assert target[0].tolist() == [1.0, 0.0] and mixed[0].min() >= 0  # same class pasted: label unchanged
 
 
+def test_train_accuracy_credits_the_share_of_a_mixed_image():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    assert train.hits(logits, torch.tensor([0, 1, 0])) == 2
+    mixed = torch.tensor([[0.7, 0.3], [0.7, 0.3], [0.0, 1.0]])  # predicted 0, 1, 1
+    assert train.hits(logits, mixed) == pytest.approx(0.7 + 0.3 + 1.0)
+
+
 def test_cutmix_run_trains_and_records_it(sample_tree, tmp_path):
     out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "run"), "--epochs", "1", "--cutmix", "1",
                       *TINY_TRAIN_ARGS])

@@ -137,6 +137,14 @@ def make_optimizer(cfg: TrainConfig, decay: list, no_decay: list) -> torch.optim
                                       {"params": no_decay, "weight_decay": 0.0}], cfg.lr)
 
 
+def hits(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Correct predictions in a batch. With mixed (CutMix) targets a prediction earns the share of the
+    image its class holds, so train accuracy is not measured against the unmixed label."""
+    if target.ndim == 2:
+        return target.gather(1, logits.argmax(1, keepdim=True)).sum().item()
+    return (logits.argmax(1) == target).sum().item()
+
+
 def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoch_order, cfg: TrainConfig, state: dict,
                     epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at, ranks: Dist
                     ) -> dict:
@@ -190,7 +198,7 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoc
         state["step"] += 1
         state["train_seconds"] = ranks.from_main(state["train_seconds"] + clock() - step_start)
         loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += hits(logits, target)
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", size=size)
     elapsed = time.perf_counter() - t0
