@@ -34,13 +34,12 @@ from ts.torch_handler.base_handler import BaseHandler
 
 import model_src
 from model_src.bundle import load_bundle, sha256_file
-from model_src.preprocess import ImageError, decode_image, image_to_tensor, image_to_uint8
+from model_src.preprocess import HOTDOG_LABEL, ImageError, decode_image, image_to_tensor, image_to_uint8
 
 logger = logging.getLogger(__name__)
 
 # Field names tried first for the image; any other single field (multipart) is accepted as well.
 IMAGE_FIELDS = ("data", "body", "image", "file")
-HOTDOG_LABEL = "hot_dog"
 BATCH_HEADER = "X-Batch-Size"
 RUNTIMES = ("eager", "compile", "executorch", "executorch_int8")
 # The `handler:` keys of model-config.yaml read here. Any other key stops the model loading, so a

@@ -31,7 +31,7 @@ from torch.export import Dim, ExportedProgram
 
 from model_src.bundle import BundleError, load_bundle, sha256_file
 from model_src.cli import run_cli
-from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_uint8
+from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_uint8
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "mobile_export" / "out"
@@ -280,6 +280,8 @@ enum PreprocessConstants {{
     static let resizeSize = {spec.resize_size}
     /// Class order of the output probabilities.
     static let labels: [String] = [{labels}]
+    /// The label that means "hot dog" (Prediction.isHotdog).
+    static let hotdogLabel = {json.dumps(HOTDOG_LABEL, ensure_ascii=False)}
     /// Images above this many pixels are refused, as the server does.
     static let maxPixels = {spec.max_pixels}
 }}
@@ -296,6 +298,8 @@ def parse_swift_constants(text: str) -> dict:
         values[name] = int(m.group(1)) if m else None
     m = re.search(r"static let labels: \[String\] = \[(.*)\]", text)
     values["labels"] = json.loads(f"[{m.group(1)}]") if m else None
+    m = re.search(r"static let hotdogLabel = (\".*\")", text)
+    values["hotdogLabel"] = json.loads(m.group(1)) if m else None
     return values
 
 

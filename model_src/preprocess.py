@@ -22,6 +22,10 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 50
 
 
+# The class the product answers about ("is it a hot dog?"): the handler's is_hotdog and the iOS app's.
+HOTDOG_LABEL = "hot_dog"
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     labels: tuple[str, ...] = ("hot_dog", "not_hot_dog")

@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO, SAMPLE
 from mobile_export import bench, export, parity
-from model_src.preprocess import PreprocessSpec, normalize
+from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec, normalize
 from model_src.resnn import build_model
 
 ARCH = {"name": "ResNN", "num_classes": 2, "widths": [8, 16, 16, 32], "dropout": 0.0}
@@ -203,7 +203,8 @@ def test_generated_swift_constants_match_metadata(exported):
     out, meta = exported
     swift = export.parse_swift_constants((out / "PreprocessConstants.swift").read_text())
     assert swift == {"inputSize": meta["preprocess"]["input_size"], "resizeSize": meta["preprocess"]["resize_size"],
-                     "maxPixels": meta["preprocess"]["max_pixels"], "labels": meta["labels"]}
+                     "maxPixels": meta["preprocess"]["max_pixels"], "labels": meta["labels"],
+                     "hotdogLabel": HOTDOG_LABEL}
 
 
 def test_committed_ios_sample_matches_shipped_weights_and_executorch():
@@ -213,13 +214,15 @@ def test_committed_ios_sample_matches_shipped_weights_and_executorch():
     spec = PreprocessSpec.load(REPO / "weights")
     swift = export.parse_swift_constants(export.SWIFT_CONSTANTS.read_text())
     assert swift == {"inputSize": spec.input_size, "resizeSize": spec.resize_size, "maxPixels": spec.max_pixels,
-                     "labels": list(spec.labels)}, "stale PreprocessConstants.swift: run `make export`"
+                     "labels": list(spec.labels), "hotdogLabel": HOTDOG_LABEL}, "stale PreprocessConstants.swift: run `make export`"
+    assert HOTDOG_LABEL in spec.labels
     project = (REPO / "mobile_export" / "ios" / "project.yml").read_text()
     version = executorch.version.__version__.split("+")[0]
     assert re.search(rf"branch:\s*swiftpm-{re.escape(version)}\s*$", project, re.M), "SPM pin != pinned executorch"
     assert "-all_load" in project
     classifier = (REPO / "mobile_export" / "ios" / "Hotdog" / "Classifier.swift").read_text()
     assert "Tensor<UInt8>" in classifier and "PreprocessConstants.resizeSize" in classifier
+    assert "label == PreprocessConstants.hotdogLabel" in classifier and '"hot_dog"' not in classifier
 
 
 def test_parity_refuses_a_stale_or_tampered_export(exported, tiny_weights, tmp_path):

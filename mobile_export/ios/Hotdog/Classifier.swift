@@ -12,7 +12,7 @@ final class Classifier {
     struct Prediction {
         let label: String
         let confidence: Float
-        var isHotdog: Bool { label == "hot_dog" }
+        var isHotdog: Bool { label == PreprocessConstants.hotdogLabel }
     }
 
     enum ClassifierError: LocalizedError {

@@ -9,6 +9,8 @@ enum PreprocessConstants {
     static let resizeSize = 164
     /// Class order of the output probabilities.
     static let labels: [String] = ["hot_dog", "not_hot_dog"]
+    /// The label that means "hot dog" (Prediction.isHotdog).
+    static let hotdogLabel = "hot_dog"
     /// Images above this many pixels are refused, as the server does.
     static let maxPixels = 40000000
 }
