@@ -7,7 +7,7 @@ TEST_DATA ?= ../shared/data/hotdog/test
 RUN ?= runs/latest
 WEIGHTS ?= weights
 
-.PHONY: setup train ship eval bench-train bench-train-step test clean mar grpc-stubs serve stop predict predict-grpc serve-parity web
+.PHONY: setup train compare ship eval bench-train bench-train-step test clean mar grpc-stubs serve stop predict predict-grpc serve-parity web
 
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -19,6 +19,11 @@ setup: .venv/.installed
 # Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`.
 train: setup
 	$(PY) -m training.train --config training/configs/hotdog.yaml --data $(DATA) --out $(RUN)
+
+# Does a finished run beat the shipped model? Per-photo Kaggle val loss, paired: `make compare CANDIDATES=runs/mine`.
+CANDIDATES ?= $(RUN)
+compare: setup
+	$(PY) -m training.compare $(WEIGHTS) $(CANDIDATES) --data $(DATA)
 
 # Make a finished run the shipped model (then `make eval` writes its test report beside it).
 SHIPPED_FILES := model.pt preprocess.json manifest.json config.yaml metrics.jsonl curves.png data_files.txt

@@ -245,3 +245,38 @@ def test_torchrun_two_cpu_processes_share_each_epoch(sample_tree, tmp_path):
     # Images seen per epoch are summed over both ranks: together they cover the whole train set once.
     assert all(r["train_images"] == manifest["train_images"] for r in rows)
     assert manifest["weights_sha256"] == train.sha256_file(out / "model.pt")
+
+
+def test_compare_scores_runs_on_the_same_validation_photos(sample_tree, tmp_path):
+    from training import compare
+
+    base = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "a"), "--epochs", "1", *TINY_TRAIN_ARGS])
+    other = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "b"), "--epochs", "1", *TINY_TRAIN_ARGS,
+                        "--widths", "[8, 8, 16, 32]"])
+    report = compare.main([str(base), str(base), str(other), "--out", str(tmp_path / "cmp.json")])
+    kaggle_val = [line for line in (base / "data_files.txt").read_text().splitlines()
+                  if line.startswith("val\t") and line.endswith("\tkaggle")]
+    assert report["images"] == len(kaggle_val) > 1
+    # The per-photo losses reproduce what training logged for the chosen checkpoint.
+    manifest = json.loads((base / "manifest.json").read_text())
+    assert report["baseline_loss"] == pytest.approx(manifest["best_val_loss_kaggle"], abs=2e-3)
+    same = report["candidates"][str(base)]
+    assert same["difference"] == 0 and same["better"] is False
+    assert report["candidates"][str(other)]["loss"] != report["baseline_loss"]
+    assert json.loads((tmp_path / "cmp.json").read_text()) == report
+
+    reseeded = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "c"), "--epochs", "1", "--seed", "3",
+                           *TINY_TRAIN_ARGS])
+    assert compare.validation_files(reseeded, "kaggle") != compare.validation_files(base, "kaggle")
+    with pytest.raises(train.DataError, match="validation photos differ"):
+        compare.compare(base, [reseeded])
+
+
+def test_compare_calls_better_only_beyond_two_paired_standard_errors():
+    from training.compare import paired_difference
+
+    base = torch.linspace(0.2, 1.0, 50)
+    assert paired_difference(base - 0.05, base)["better"] is True  # lower on every photo
+    noisy = base + 0.3 * torch.tensor([1.0, -1.0] * 25) - 0.01  # lower on average, but by noise
+    result = paired_difference(noisy, base)
+    assert result["difference"] < 0 and result["lower_on"] == 25 and result["better"] is False
