@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,6 +268,13 @@ def test_compare_scores_runs_on_the_same_validation_photos(sample_tree, tmp_path
 
     reseeded = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "c"), "--epochs", "1", "--seed", "3",
                            *TINY_TRAIN_ARGS])
+    renamed = tmp_path / "renamed"  # the same photos, but a model whose classes are named otherwise
+    shutil.copytree(base, renamed)
+    spec = json.loads((renamed / "preprocess.json").read_text())
+    (renamed / "preprocess.json").write_text(json.dumps({**spec, "labels": ["dog", "cat"]}))
+    with pytest.raises(train.DataError, match="lack"):
+        compare.compare(base, [renamed])
+
     assert compare.validation_files(reseeded, "kaggle") != compare.validation_files(base, "kaggle")
     with pytest.raises(train.DataError, match="validation photos differ"):
         compare.compare(base, [reseeded])

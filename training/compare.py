@@ -42,6 +42,9 @@ def per_image_loss(run: Path, data_root: Path, files: list[str]) -> torch.Tensor
     probs, kept, skipped = predict_files(model, spec, [data_root / f for f in files])
     if skipped:
         raise DataError(f"unreadable validation images: {skipped}")
+    classes = {Path(f).parts[0] for f in files}
+    if not classes <= set(spec.labels):
+        raise DataError(f"{run}: its labels {list(spec.labels)} lack {sorted(classes - set(spec.labels))}")
     truth = torch.tensor([spec.labels.index(Path(f).parts[0]) for f in files])
     return -torch.log(probs[torch.arange(len(files)), truth].clamp_min(1e-12))
 
