@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
-from model_src.bundle import BundleError, load_bundle, sha256_file
+from model_src.bundle import BundleError, load_bundle, read_data_files, sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_uint8
 
@@ -172,8 +172,7 @@ def select_calibration(weights: Path, data_root: Path, n: int, seed: int) -> Cal
     _refuse_test_split(data_root)
     listing = Path(weights) / "data_files.txt"
     if listing.exists():
-        candidates = [row.split("\t")[1] for row in listing.read_text().splitlines()
-                      if row.startswith("train\t")]
+        candidates = [path for split, path, _ in read_data_files(weights) if split == "train"]
         source = f"train rows of {listing.name}"
         missing = [rel for rel in candidates if not (data_root / rel).exists()]
         if missing:

@@ -38,6 +38,12 @@ def read_manifest(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def read_data_files(folder: str | Path) -> list[tuple[str, str, str]]:
+    """A run's data_files.txt (written by training): (split, path relative to the data root, source) rows."""
+    listing = Path(folder) / "data_files.txt"
+    return [tuple(line.split("\t")) for line in listing.read_text().splitlines() if line]
+
+
 def load_bundle(folder: str | Path, device: str | torch.device = "cpu"
                 ) -> tuple[ResNN, PreprocessSpec, dict]:
     """Return (model in eval mode on `device`, its preprocessing spec, its manifest)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from model_src.bundle import BundleError, load_bundle
+from model_src.bundle import BundleError, load_bundle, read_data_files
 from model_src.cli import run_cli
 from training.data import DataError
 from training.evaluate import predict_files
@@ -27,11 +27,9 @@ MARGIN_SE = 2.0
 
 
 def validation_files(run: Path, source: str) -> list[str]:
-    listing = run / "data_files.txt"
-    if not listing.exists():
+    if not (run / "data_files.txt").exists():
         raise DataError(f"{run}: no data_files.txt (not a training run folder)")
-    rows = [line.split("\t") for line in listing.read_text().splitlines() if line]
-    return [path for split, path, row_source in rows if split == "val" and row_source == source]
+    return [path for split, path, row_source in read_data_files(run) if split == "val" and row_source == source]
 
 
 def per_image_loss(run: Path, data_root: Path, files: list[str]) -> torch.Tensor:
