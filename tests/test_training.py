@@ -110,6 +110,19 @@ def test_float_fields_accept_exponents_without_a_dot(tmp_path):
         parse_config(["--lr", "fast"])
 
 
+def test_help_shows_each_default_in_the_syntax_its_flag_takes(capsys):
+    from training.config import parse_config
+
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps long lines
+    assert "MISSING" not in text
+    assert "--widths WIDTHS (default: [32, 64, 128, 256])" in text
+    assert "(default: {kaggle: 0.15, extra: 0.05})" in text
+    cfg, _ = parse_config(["--widths", "[32, 64, 128, 256]", "--val-fraction", "{kaggle: 0.15, extra: 0.05}"])
+    assert cfg.widths == [32, 64, 128, 256] and cfg.val_fraction == {"kaggle": 0.15, "extra": 0.05}
+
+
 def test_unknown_optimizer_is_refused(sample_tree, tmp_path, capsys):
     code = train.cli(["--data", str(sample_tree), "--out", str(tmp_path / "r"), "--optimizer", "lion",
                       *TINY_TRAIN_ARGS])

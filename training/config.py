@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -77,14 +77,23 @@ class TrainConfig:
         return yaml.safe_dump(asdict(self), sort_keys=False)
 
 
+def _default_as_yaml(f) -> str:
+    """A field's default in the YAML syntax its flag takes, e.g. [32, 64, 128, 256] or {kaggle: 0.15}."""
+    value = f.default_factory() if f.default is MISSING else f.default
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip().removesuffix("\n...").strip()
+
+
 def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description="Train ResNN from scratch on an ImageFolder tree.")
+    parser = argparse.ArgumentParser(
+        description="Train ResNN from scratch on an ImageFolder tree.",
+        epilog="Every field takes a YAML value, e.g. --widths '[24, 48, 96, 192]' --source-repeats '{kaggle: 6}'. "
+               "The defaults shown are the built-in ones; a --config file replaces them, flags replace both.")
     parser.add_argument("--config", help="YAML file with TrainConfig fields")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint (uses its saved config)")
     for f in fields(TrainConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                            help=f"(default: {f.default if f.default is not field else '...'})")
+                            help=f"(default: {_default_as_yaml(f)})")
     args = parser.parse_args(argv)
     values: dict = {}
     if args.resume:
