@@ -38,8 +38,13 @@ def read_manifest(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def write_data_files(folder: str | Path, rows) -> None:
+    """A run's data_files.txt: one tab-separated (split, path relative to the data root, source) row per image."""
+    (Path(folder) / "data_files.txt").write_text("".join("\t".join(map(str, row)) + "\n" for row in rows))
+
+
 def read_data_files(folder: str | Path) -> list[tuple[str, str, str]]:
-    """A run's data_files.txt (written by training): (split, path relative to the data root, source) rows."""
+    """The rows write_data_files wrote: (split, path relative to the data root, source)."""
     listing = Path(folder) / "data_files.txt"
     return [tuple(line.split("\t")) for line in listing.read_text().splitlines() if line]
 

@@ -14,6 +14,7 @@ import torch
 
 from conftest import REPO, SAMPLE
 from mobile_export import bench, export, parity
+from model_src.bundle import read_data_files, write_data_files
 from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec, normalize
 from model_src.resnn import build_model
 
@@ -50,8 +51,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     digest = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps({"arch": ARCH, "weights": "model.pt", "weights_sha256": digest}))
     # Every third photo is a validation row: calibration must never pick one.
-    (folder / "data_files.txt").write_text("".join(
-        f"{'val' if i % 3 == 0 else 'train'}\t{f}\tkaggle\n" for i, (f, _) in enumerate(files)))
+    write_data_files(folder, [("val" if i % 3 == 0 else "train", f, "kaggle") for i, (f, _) in enumerate(files)])
     return folder
 
 
@@ -131,8 +131,7 @@ def test_dynamic_batch_1_15_16_and_max(exported, tiny_weights, program):
 def test_calibration_uses_only_training_rows(exported, tiny_weights):
     _, meta = exported
     calib = meta["programs"]["xnnpack_int8"]["quantization"]["calibration"]
-    rows = [line.split("\t") for line in (tiny_weights / "data_files.txt").read_text().splitlines()]
-    train = {f for split, f, _ in rows if split == "train"}
+    train = {f for split, f, _ in read_data_files(tiny_weights) if split == "train"}
     assert calib["num_images"] == CALIB_IMAGES == len(calib["files"])
     assert set(calib["files"]) <= train
     assert not any("test" in Path(f).parts for f in calib["files"])
@@ -255,6 +254,6 @@ def test_calibration_refuses_test_files_listed_or_found_under_the_root(tmp_path,
     with pytest.raises(export.ExportError, match="test/ split"):
         export.select_calibration(bare, dataset, 100, seed=0)
     # A data_files.txt whose train rows point into test/ is refused too.
-    (bare / "data_files.txt").write_text("".join(f"train\ttest/{f}\tkaggle\n" for f, _ in _sample_files()))
+    write_data_files(bare, [("train", f"test/{f}", "kaggle") for f, _ in _sample_files()])
     with pytest.raises(export.ExportError, match="test/ split"):
         export.select_calibration(bare, dataset, 100, seed=0)

@@ -262,14 +262,14 @@ def test_torchrun_two_cpu_processes_share_each_epoch(sample_tree, tmp_path):
 
 
 def test_compare_scores_runs_on_the_same_validation_photos(sample_tree, tmp_path):
+    from model_src.bundle import read_data_files
     from training import compare
 
     base = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "a"), "--epochs", "1", *TINY_TRAIN_ARGS])
     other = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "b"), "--epochs", "1", *TINY_TRAIN_ARGS,
                         "--widths", "[8, 8, 16, 32]"])
     report = compare.main([str(base), str(base), str(other), "--out", str(tmp_path / "cmp.json")])
-    kaggle_val = [line for line in (base / "data_files.txt").read_text().splitlines()
-                  if line.startswith("val\t") and line.endswith("\tkaggle")]
+    kaggle_val = [path for split, path, source in read_data_files(base) if (split, source) == ("val", "kaggle")]
     assert report["images"] == len(kaggle_val) > 1
     # The per-photo losses reproduce what training logged for the chosen checkpoint.
     manifest = json.loads((base / "manifest.json").read_text())

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from model_src.bundle import sha256_file
+from model_src.bundle import sha256_file, write_data_files
 from model_src.cli import run_cli
 from model_src.preprocess import PreprocessSpec, normalize
 from model_src.resnn import ResNN
@@ -345,9 +345,8 @@ def main(argv: list[str] | None = None) -> Path:
     elif ranks.main:
         (out / "config.yaml").write_text(cfg.to_yaml())
         spec.save(out)
-        (out / "data_files.txt").write_text(
-            "".join(f"train\t{s.path.relative_to(data_root)}\t{s.source}\n" for s in train_s)
-            + "".join(f"val\t{s.path.relative_to(data_root)}\t{s.source}\n" for s in val_s))
+        write_data_files(out, [(split, s.path.relative_to(data_root), s.source)
+                               for split, group in (("train", train_s), ("val", val_s)) for s in group])
         metrics_path.write_text("")
 
     eval_model = ema.module if ema is not None else model
