@@ -164,8 +164,37 @@ def test_step_benchmark_records_each_variant(tmp_path):
     assert all(r["runs"] == 1 and (r["crashes"] == 1) == (r["img_per_s"] is None) for r in rows)
 
 
-def test_killed_run_resumes_to_the_same_result(sample_tree, tmp_path):
-    args = ["--data", str(sample_tree), "--epochs", "6", *TINY_TRAIN_ARGS]
+def test_temporal_ensemble_averages_each_images_past_predictions():
+    past = train.TemporalEnsemble(num_images=3, num_classes=2, momentum=0.5)
+    past.update(torch.tensor([0, 2]), torch.tensor([[1.0, 0.0], [0.2, 0.8]]))
+    average, seen = past.targets(torch.tensor([0, 1, 2]))
+    assert seen.tolist() == [True, False, True]
+    assert torch.allclose(average[[0, 2]], torch.tensor([[1.0, 0.0], [0.2, 0.8]]))  # one visit: that prediction
+    past.update(torch.tensor([0]), torch.tensor([[0.0, 1.0]]))
+    # Two visits: 0.5*(0.5*[1,0]) + 0.5*[0,1] = [0.25, 0.5], over 1 - 0.5**2: the later visit weighs twice.
+    assert torch.allclose(past.targets(torch.tensor([0]))[0], torch.tensor([[1 / 3, 2 / 3]]))
+
+
+def test_self_distill_run_changes_the_targets_and_records_each_visit(sample_tree, tmp_path):
+    base = ["--data", str(sample_tree), "--epochs", "3", *TINY_TRAIN_ARGS]
+    plain = train.main([*base, "--out", str(tmp_path / "plain")])
+    distilled = train.main([*base, "--out", str(tmp_path / "distilled"), "--self-distill", "0.8"])
+    ckpt = torch.load(distilled / "checkpoint.pt", weights_only=True)
+    visits = ckpt["self_distill"]["visits"]
+    train_images = json.loads((distilled / "manifest.json").read_text())["train_images"]
+    assert len(visits) == train_images and visits.max() >= 2
+    assert torch.allclose(ckpt["self_distill"]["avg"].sum(1)[visits > 0] / (1 - 0.6 ** visits[visits > 0]),
+                          torch.ones(int((visits > 0).sum())))  # bias-corrected averages are distributions
+    assert torch.load(plain / "checkpoint.pt", weights_only=True)["self_distill"] is None
+    rows = [[json.loads(x)["train_loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+            for run in (plain, distilled)]
+    assert rows[0][0] == pytest.approx(rows[1][0], abs=1e-6)  # epoch 1: nothing seen before, same targets
+    assert rows[0][2] != pytest.approx(rows[1][2], abs=1e-4)  # after that the soft targets take a share
+
+
+@pytest.mark.parametrize("extra", [[], ["--self-distill", "0.8"]], ids=["plain", "self_distill"])
+def test_killed_run_resumes_to_the_same_result(sample_tree, tmp_path, extra):
+    args = ["--data", str(sample_tree), "--epochs", "6", *TINY_TRAIN_ARGS, *extra]
     env = {"HOTDOG_CACHE": str(tmp_path / "cache")}
     straight = run_cli("training.train", *args, "--out", str(tmp_path / "straight"), env_extra=env)
     assert straight.returncode == 0, straight.stderr
@@ -249,7 +278,8 @@ def test_torchrun_two_cpu_processes_share_each_epoch(sample_tree, tmp_path):
     out = tmp_path / "ddp"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "training.train",
-         "--data", str(sample_tree), "--out", str(out), "--epochs", "2", "--threads", "1", *TINY_TRAIN_ARGS],
+         "--data", str(sample_tree), "--out", str(out), "--epochs", "2", "--threads", "1", *TINY_TRAIN_ARGS,
+         "--self-distill", "0.8"],
         cwd=REPO, env={**os.environ, "HOTDOG_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
         timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -259,6 +289,9 @@ def test_torchrun_two_cpu_processes_share_each_epoch(sample_tree, tmp_path):
     # Images seen per epoch are summed over both ranks: together they cover the whole train set once.
     assert all(r["train_images"] == manifest["train_images"] for r in rows)
     assert manifest["weights_sha256"] == train.sha256_file(out / "model.pt")
+    # The self-distillation table holds both ranks' predictions: every image, once per epoch.
+    visits = torch.load(out / "checkpoint.pt", weights_only=True)["self_distill"]["visits"]
+    assert visits.tolist() == [2.0] * manifest["train_images"]
 
 
 def test_compare_scores_runs_on_the_same_validation_photos(sample_tree, tmp_path):

@@ -58,6 +58,12 @@ class TrainConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 2.0
     ema_decay: float = 0.998  # 0 disables EMA
+    # Self-distillation from the model's own past (temporal ensembling, Laine & Aila 2017): each training
+    # image's target mixes its label with the running average of the model's predictions on its earlier
+    # visits, the mix weight rising linearly with progress to `self_distill` (0 = off). An ensemble of
+    # our own models distilled into one, at no extra forward pass (a separate teacher would eat the budget).
+    self_distill: float = 0.0
+    self_distill_momentum: float = 0.6  # per visit: how much of the running average each visit keeps
     # Augmentation
     crop_scale_min: float = 0.25
     color_jitter: float = 0.3

@@ -116,6 +116,14 @@ class Dist:
         dist.broadcast(t, 0)
         return t.item()
 
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's t (same shape on each), concatenated in rank order."""
+        if self.world == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t)
+        return torch.cat(parts)
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
@@ -145,9 +153,36 @@ def hits(logits: torch.Tensor, target: torch.Tensor) -> float:
     return (logits.argmax(1) == target).sum().item()
 
 
+class TemporalEnsemble:
+    """Per training image, an exponential average of the model's softmax over its past visits, bias-corrected
+    like Adam's moments so that an image seen once has its one prediction as the average."""
+
+    def __init__(self, num_images: int, num_classes: int, momentum: float):
+        self.momentum = momentum
+        self.avg = torch.zeros(num_images, num_classes)
+        self.visits = torch.zeros(num_images)
+
+    def targets(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(average prediction, whether the image was seen before) for the images idx."""
+        visits = self.visits[idx]
+        correction = (1 - self.momentum ** visits).clamp_min(1e-12).unsqueeze(1)
+        return self.avg[idx] / correction, visits > 0
+
+    def update(self, idx: torch.Tensor, probs: torch.Tensor) -> None:
+        # An image drawn twice in one batch (source_repeats) counts as one visit, the later prediction.
+        self.avg[idx] = self.momentum * self.avg[idx] + (1 - self.momentum) * probs
+        self.visits[idx] += 1
+
+    def state_dict(self) -> dict:
+        return {"avg": self.avg, "visits": self.visits}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.avg, self.visits = state["avg"].cpu(), state["visits"].cpu()
+
+
 def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoch_order, cfg: TrainConfig, state: dict,
-                    epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at, ranks: Dist
-                    ) -> dict:
+                    epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at, ranks: Dist,
+                    past: TemporalEnsemble | None = None) -> dict:
     model.train()
     # Seeds depend only on (seed, epoch, rank), so a resumed run replays the epochs it missed exactly.
     perm = epoch_order[torch.randperm(len(epoch_order), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))]
@@ -171,8 +206,13 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoc
         x = augment(images[idx], size, g).to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
         target = y
-        if cfg.cutmix > 0 and torch.rand(1, generator=g).item() < cfg.cutmix:
+        mixed = cfg.cutmix > 0 and torch.rand(1, generator=g).item() < cfg.cutmix
+        if mixed:
             x, target = cutmix(x, y, unwrap(model).head.out_features, g)
+        elif past is not None:
+            average, seen_before = past.targets(idx)
+            weight = (cfg.self_distill * progress * seen_before).unsqueeze(1).to(device)
+            target = (1 - weight) * F.one_hot(y, average.shape[1]).float() + weight * average.to(device)
         if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
@@ -195,10 +235,13 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoc
             optimizer.step()
         if ema is not None:
             ema.update_parameters(unwrap(model))
+        if past is not None and not mixed:
+            # Every rank keeps the whole table: the next epoch deals each image to any rank.
+            past.update(ranks.gather(idx), ranks.gather(logits.detach().float().softmax(1).cpu()))
         state["step"] += 1
         state["train_seconds"] = ranks.from_main(state["train_seconds"] + clock() - step_start)
         loss_sum += loss.item() * len(y)
-        correct += hits(logits, target)
+        correct += hits(logits, target if mixed else y)
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", size=size)
     elapsed = time.perf_counter() - t0
@@ -310,6 +353,7 @@ def main(argv: list[str] | None = None) -> Path:
     augment = TrainAugment(spec, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter,
                            erasing=cfg.random_erasing)
     lr_at = WarmupCosine(cfg.lr, cfg.warmup, cfg.schedule)
+    past = TemporalEnsemble(len(train_x), len(labels), cfg.self_distill_momentum) if cfg.self_distill > 0 else None
     steps_per_epoch = len(epoch_order) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     # "best" is the selection score, higher is better (minus the loss when selecting on loss).
@@ -326,6 +370,8 @@ def main(argv: list[str] | None = None) -> Path:
             ema.load_state_dict(ckpt["ema"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+        if past is not None:
+            past.load_state_dict(ckpt["self_distill"])
         state = ckpt["scheduler"]
         if "best_val_loss" not in state:  # written before select_metric existed: "best" held an accuracy
             state.update(best=-math.inf, best_val_acc=None, best_val_loss=None)
@@ -355,7 +401,7 @@ def main(argv: list[str] | None = None) -> Path:
             break
         epoch_start = time.perf_counter()
         row = train_one_epoch(train_model, ema, optimizer, scaler, augment, train_x, train_y, epoch_order, cfg, state,
-                              epoch, device, autocast, steps_per_epoch, total_steps, lr_at, ranks)
+                              epoch, device, autocast, steps_per_epoch, total_steps, lr_at, ranks, past)
         budget_done = bool(cfg.time_budget_min) and state["train_seconds"] >= cfg.time_budget_min * 60
         last = epoch == cfg.epochs or budget_done
         row.update(epoch=epoch, epoch_seconds=time.perf_counter() - epoch_start,
@@ -388,6 +434,7 @@ def main(argv: list[str] | None = None) -> Path:
         atomic_save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "scheduler": state, "epoch": epoch, "best_model": best_weights,
+                     "self_distill": past.state_dict() if past is not None else None,
                      "config": json.loads(json.dumps(vars(cfg)))},
                     ckpt_path)
         if state["best_epoch"] == epoch:
