@@ -326,6 +326,22 @@ def test_compare_scores_runs_on_the_same_validation_photos(sample_tree, tmp_path
         compare.compare(base, [reseeded])
 
 
+def test_compare_reads_a_repo_relative_data_path_from_any_cwd(sample_tree, tmp_path, monkeypatch):
+    """`make train DATA=../shared/...` records a path relative to the repo; compare must not read it
+    relative to wherever it is run from."""
+    import yaml
+    from training import compare
+
+    monkeypatch.chdir(REPO)
+    relative = os.path.relpath(sample_tree, REPO)
+    base = train.main(["--data", relative, "--out", str(tmp_path / "a"), "--epochs", "1", *TINY_TRAIN_ARGS])
+    assert yaml.safe_load((base / "config.yaml").read_text())["data"] == relative
+    monkeypatch.chdir(tmp_path)
+    assert not Path(relative).is_dir()
+    report = compare.compare(base, [base])
+    assert report["images"] > 1 and report["candidates"][str(base)]["difference"] == 0
+
+
 def test_compare_calls_better_only_beyond_two_paired_standard_errors():
     from training.compare import paired_difference
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from model_src.cli import run_cli
-from training.data import SHARED_DATA, DataError
+from training.data import SHARED_DATA, DataError, run_data_root
 from training.plots import plt
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,8 +31,7 @@ def check_same_run(run_dir: Path, budget_min: float, data: Path) -> None:
     if not saved_path.exists():
         raise DataError(f"{run_dir} holds a run without config.yaml; remove it or choose another --runs")
     saved = yaml.safe_load(saved_path.read_text())
-    # train.py runs in REPO, so a relative data path in its config is relative to REPO.
-    same_data = (REPO / saved["data"]).resolve() == (REPO / data).resolve()
+    same_data = run_data_root(saved["data"]) == run_data_root(data)
     if float(saved["time_budget_min"]) != budget_min or not same_data:
         raise DataError(f"{run_dir} was trained with --budget-min {saved['time_budget_min']} --data {saved['data']}, "
                         f"not --budget-min {budget_min} --data {data}; pass those or choose another --runs")

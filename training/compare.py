@@ -20,7 +20,7 @@ import yaml
 
 from model_src.bundle import BundleError, load_bundle, read_data_files
 from model_src.cli import run_cli
-from training.data import DataError
+from training.data import DataError, run_data_root
 from training.evaluate import predict_files
 
 MARGIN_SE = 2.0
@@ -56,7 +56,7 @@ def compare(baseline: Path, candidates: list[Path], data_root: Path | None = Non
             raise DataError(f"{run}: its {source} validation photos differ from {baseline}'s; "
                             "losses on different photos are not comparable")
     if data_root is None:
-        data_root = Path(yaml.safe_load((baseline / "config.yaml").read_text())["data"])
+        data_root = run_data_root(yaml.safe_load((baseline / "config.yaml").read_text())["data"])
     if not data_root.is_dir():
         raise DataError(f"training images not found at {data_root}: pass --data")
     base = per_image_loss(baseline, data_root, files)

@@ -25,6 +25,12 @@ class DataError(RuntimeError):
     """A problem with the data tree that the user must fix; printed without a traceback."""
 
 
+def run_data_root(saved_data: str | Path) -> Path:
+    """The data folder a run's config.yaml names. `make` trains from the repo root, so a relative path
+    there (the Makefile's ../shared/...) is relative to the repo, whatever the reader's cwd."""
+    return (REPO_ROOT / saved_data).resolve()
+
+
 @dataclass(frozen=True)
 class Sample:
     path: Path
