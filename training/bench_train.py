@@ -17,10 +17,9 @@ from pathlib import Path
 import yaml
 
 from model_src.cli import run_cli
-from training.data import SHARED_DATA, DataError, run_data_root
+from training.data import REPO_ROOT as REPO, SHARED_DATA, DataError, run_data_root
 from training.plots import plt
 
-REPO = Path(__file__).resolve().parent.parent
 THRESHOLDS = [0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
 
 
