@@ -43,6 +43,7 @@ def test_two_epoch_run_writes_every_output(sample_tree, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["weights_sha256"] == train.sha256_file(out / "model.pt")
     assert manifest["train_images"] + manifest["val_images"] == 12
+    assert manifest["amp"] == train.resolve_amp("auto", torch.device("cpu"))  # what `amp: auto` chose here
     state = torch.load(out / "model.pt", weights_only=True)
     assert "head.weight" in state
     # The run folder is a complete bundle: evaluation loads it and writes its reports.
@@ -154,14 +155,34 @@ def test_unknown_select_metric_is_refused(sample_tree, tmp_path, capsys):
 
 def test_step_benchmark_records_each_variant(tmp_path):
     report = tmp_path / "step.json"
-    proc = run_cli("training.bench_step", "--sizes", "32", "--variants", "eager,channels_last", "--widths",
+    proc = run_cli("training.bench_step", "--sizes", "32", "--variants", "eager,channels_last,fp32", "--widths",
                    "8,8,16,16", "--batch", "4", "--steps", "1", "--rounds", "1", "--report", str(report))
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(report.read_text())["results"]
-    assert [r["variant"] for r in rows] == ["eager", "channels_last"]
+    blob = json.loads(report.read_text())
+    rows = blob["results"]
+    assert [r["variant"] for r in rows] == ["eager", "channels_last", "fp32"]
     assert rows[0]["img_per_s"] > 0 and rows[0]["vs_eager"] == 1.0
+    assert rows[2]["img_per_s"] > 0 and rows[2]["vs_eager"] > 0  # the ratio `amp: auto` is about
+    assert blob["amp"] == {"eager": "bf16", "channels_last": "bf16", "fp32": "fp32"}
+    assert blob["cpu_native_bf16"] == train.cpu_has_native_bf16()
     # A crashed variant is data, not a benchmark failure; either way each run is accounted for.
     assert all(r["runs"] == 1 and (r["crashes"] == 1) == (r["img_per_s"] is None) for r in rows)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "off"), (True, False, "bf16"),
+                                                         (False, True, "bf16")])
+def test_auto_amp_uses_bf16_only_on_a_cpu_that_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    # An AVX2-only CPU (the first case) emulates bf16: autocast there trained ~13x slower than fp32.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(train.os, "uname", lambda: os.uname_result(("Linux", "h", "6", "1", "x86_64")))
+    cpu = torch.device("cpu")
+    assert train.resolve_amp("auto", cpu) == expected
+    context, scaler = train.autocast_for(train.TrainConfig(), cpu)
+    assert scaler is None
+    assert isinstance(context, torch.autocast) == (expected == "bf16")
+    assert train.resolve_amp("bf16", cpu) == "bf16" and train.resolve_amp("off", cpu) == "off"  # explicit wins
+    assert train.resolve_amp("auto", torch.device("cuda")) == "fp16"
 
 
 def test_temporal_ensemble_averages_each_images_past_predictions():

@@ -1,6 +1,6 @@
 """Training-step speed of the CPU options issue 8 asked about: `python -m training.bench_step`.
 
-Each variant (memory format x torch.compile) runs in its own process, so one that crashes (channels_last
+Each variant (memory format x torch.compile x bf16 autocast or fp32) runs in its own process, so one that crashes (channels_last
 backward corrupted the heap here on torch 2.14.1) or runs past --timeout is recorded as a crash instead of
 ending the benchmark.
 Variants take turns for `--rounds`, so load from other jobs on the shared machine falls on all of them.
@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = {"eager": (False, False), "channels_last": (True, False), "compile": (False, True),
-            "compile+channels_last": (True, True)}
+# name: (channels_last, torch.compile, bf16 autocast). `fp32` is the reference `amp: auto` chooses between.
+VARIANTS = {"eager": (False, False, True), "channels_last": (True, False, True), "compile": (False, True, True),
+            "compile+channels_last": (True, True, True), "fp32": (False, False, False)}
 
 
-def measure(size: int, channels_last: bool, compiled: bool, widths: list[int], batch: int, steps: int) -> float:
-    """Images/s of bf16-autocast AdamW training steps on random data (the data path is not measured)."""
+def measure(size: int, channels_last: bool, compiled: bool, bf16: bool, widths: list[int], batch: int,
+            steps: int) -> float:
+    """Images/s of AdamW training steps on random data (the data path is not measured)."""
     import torch
     import torch.nn.functional as F
 
@@ -40,7 +42,7 @@ def measure(size: int, channels_last: bool, compiled: bool, widths: list[int], b
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(step_model(x).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -49,9 +51,9 @@ def measure(size: int, channels_last: bool, compiled: bool, widths: list[int], b
 
 
 def run_variant(name: str, size: int, args) -> dict:
-    channels_last, compiled = VARIANTS[name]
+    channels_last, compiled, bf16 = VARIANTS[name]
     cmd = [sys.executable, "-m", "training.bench_step", "--one", json.dumps(
-        {"size": size, "channels_last": channels_last, "compiled": compiled, "widths": args.widths,
+        {"size": size, "channels_last": channels_last, "compiled": compiled, "bf16": bf16, "widths": args.widths,
          "batch": args.batch, "steps": args.steps})]
     try:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
@@ -100,8 +102,13 @@ def main(argv: list[str] | None = None) -> dict:
             if x["size"] == size:
                 x[f"vs_{variants[0]}"] = (x["img_per_s"] / base) if base and x["img_per_s"] else None
     import torch
+
+    from training.train import cpu_has_native_bf16
     blob = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch,
-            "widths": args.widths, "steps": args.steps, "rounds": args.rounds, "amp": "bf16", "results": results}
+            "widths": args.widths, "steps": args.steps, "rounds": args.rounds,
+            "amp": {v: "bf16" if VARIANTS[v][2] else "fp32" for v in variants},
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16(),
+            "results": results}
     report = REPO / args.report
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(blob, indent=2) + "\n")

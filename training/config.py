@@ -71,7 +71,7 @@ class TrainConfig:
     cutmix: float = 0.0  # probability that a batch is CutMix-ed (0 = off)
     # Runtime
     device: str = "auto"  # auto, cpu, cuda
-    amp: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA), bf16, fp16, off
+    amp: str = "auto"  # auto (fp16 on CUDA; bf16 on a CPU with native bf16, else off), bf16, fp16, off
     # auto = on CUDA only. On this CPU (torch 2.14.1) channels_last and torch.compile training steps abort
     # with heap corruption (make bench-train-step, reports/bench_train_step.json).
     channels_last: str = "auto"
