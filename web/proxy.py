@@ -108,7 +108,6 @@ def page_config(weights: Path, model: str, max_upload_bytes: int, timeout_s: flo
     return {
         "model": model,
         "labels": labels,
-        "positive_label": "hot_dog" if "hot_dog" in labels else labels[0],
         "input_size": int(spec["input_size"]),
         "resize_size": int(spec["resize_size"]),
         "upload_short_side": UPLOAD_SCALE * int(spec["resize_size"]),

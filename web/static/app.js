@@ -24,7 +24,6 @@
   // Used until /api/config answers (and if it never does): what the proxy sends for the shipped model
   // (upload_short_side: web/proxy.py's UPLOAD_SCALE x weights/preprocess.json's resize_size).
   let config = {
-    positive_label: "hot_dog",
     upload_short_side: 328,
     jpeg_quality: 0.9,
     max_upload_bytes: 10 * 1024 * 1024,
@@ -85,7 +84,7 @@
 
   function showResult(answer) {
     clearOutcome();
-    const hotdog = answer.is_hotdog === true || answer.label === config.positive_label;
+    const hotdog = answer.is_hotdog === true;  // the handler decides which label is the hot dog
     ui.verdict.textContent = hotdog ? "HOTDOG ✅" : "NOT HOTDOG ❌";
     ui.confidence.textContent = formatConfidence(Number(answer.confidence));
     ui.result.dataset.hotdog = String(hotdog);
