@@ -85,6 +85,8 @@ VARIANTS = {
     "int8-w2t1-b4d0-draft": {**DRAFT_INT8, "batchSize": 4, "maxBatchDelay": 0},
     "int8-w2t1-b8d0-draft": {**DRAFT_INT8, "maxBatchDelay": 0},
     "int8-w1t2-b8d1-draft": {**DRAFT_INT8, "minWorkers": 1, "maxWorkers": 1, "threads": 2},
+    # two threads in each of the two workers: a lone request (C=1) gets both cores, at C=8 they oversubscribe
+    "int8-w2t2-b8d1-draft": {**DRAFT_INT8, "threads": 2},
     "int8-w2t1-b8d3-draft": {**DRAFT_INT8, "maxBatchDelay": 3},
     # no batching: no 1 ms wait for company (TorchServe reads a delay of 0 as "unset": 100 ms)
     "int8-w2t1-b1-draft": {**DRAFT_INT8, "batchSize": 1},
