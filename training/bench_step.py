@@ -1,8 +1,8 @@
 """Training-step speed of the CPU options issue 8 asked about: `python -m training.bench_step`.
 
-Each variant (memory format x torch.compile x bf16 autocast or fp32) runs in its own process, so one that crashes (channels_last
-backward corrupted the heap here on torch 2.14.1) or runs past --timeout is recorded as a crash instead of
-ending the benchmark.
+Each variant (memory format x torch.compile x bf16 autocast or fp32) runs in its own process, so one that
+crashes (channels_last backward corrupted the heap here on torch 2.14.1) or runs past --timeout is recorded
+as a crash instead of ending the benchmark.
 Variants take turns for `--rounds`, so load from other jobs on the shared machine falls on all of them.
 Writes reports/bench_train_step.json: img/s per variant and size, and the ratio to eager NCHW.
 """
