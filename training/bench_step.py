@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from training.data import REPO_ROOT
+
 # name: (channels_last, torch.compile, bf16 autocast). `fp32` is the reference `amp: auto` chooses between.
 VARIANTS = {"eager": (False, False, True), "channels_last": (True, False, True), "compile": (False, True, True),
-            "compile+channels_last": (True, True, True), "fp32": (False, False, False)}
+            "compile+channels_last": (True, True, True), "fp32": (False, False, False),
+            "fp32+channels_last": (True, False, False), "fp32+compile": (False, True, False)}
 
 
 def measure(size: int, channels_last: bool, compiled: bool, bf16: bool, widths: list[int], batch: int,
@@ -56,12 +58,14 @@ def run_variant(name: str, size: int, args) -> dict:
         {"size": size, "channels_last": channels_last, "compiled": compiled, "bf16": bf16, "widths": args.widths,
          "batch": args.batch, "steps": args.steps})]
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:  # a hung variant (run() has killed it) must not lose the others' results
         return {"crashed": True, "returncode": None, "error": f"timeout after {args.timeout:g} s"}
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"crashed": True, "returncode": proc.returncode, "error": last[-300:]}
+        # A signal death's last stderr line is often an unrelated warning; name the signal first.
+        died = f"{signal.Signals(-proc.returncode).name}: " if proc.returncode < 0 else ""
+        return {"crashed": True, "returncode": proc.returncode, "error": died + last[-300:]}
     return {"crashed": False, "img_per_s": float(proc.stdout.strip().splitlines()[-1])}
 
 
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
             "amp": {v: "bf16" if VARIANTS[v][2] else "fp32" for v in variants},
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16(),
             "results": results}
-    report = REPO / args.report
+    report = REPO_ROOT / args.report
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(blob, indent=2) + "\n")
     for x in results:
