@@ -40,14 +40,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from handlers.hotdog_handler import HANDLER_OPTIONS  # noqa: E402  (keys that live under `handler:`)
+from mobile_export.export import DEFAULT_OUT as PTE_DIR, FP32_FILE, INT8_FILE  # noqa: E402
 from serving import server as ts_server  # noqa: E402
 from serving.archive import MODEL_CONFIG, build_mar  # noqa: E402
 from serving.config import ServeConfig  # noqa: E402
 from serving.harness import free_ports  # noqa: E402
+from training.data import SHARED_DATA  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "hotdog" / "test"
-PTE_DIR = REPO / "mobile_export" / "out"
-PTE_FILES = {"executorch": "hotdog_xnnpack_fp32.pte", "executorch_int8": "hotdog_xnnpack_int8.pte"}
+DEFAULT_DATA = SHARED_DATA / "test"
+PTE_FILES = {"executorch": FP32_FILE, "executorch_int8": INT8_FILE}
 BOUNDARY = "hotdogbenchboundary7e1c"
 # How a JPEG travels. multipart: an upload form (what a FastAPI UploadFile endpoint expects, the headline);
 # raw: the bytes as the body (TorchServe's documented `curl -T photo.jpg`); both servers accept both.

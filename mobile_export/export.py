@@ -32,10 +32,10 @@ from torch.export import Dim, ExportedProgram
 from model_src.bundle import BundleError, load_bundle, read_data_files, sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_uint8
+from training.data import REPO_ROOT as REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "mobile_export" / "out"
-DEFAULT_CALIB_DATA = REPO.parent / "shared" / "data" / "hotdog" / "train"
+DEFAULT_CALIB_DATA = SHARED_DATA / "train"
 SWIFT_CONSTANTS = REPO / "mobile_export" / "ios" / "Hotdog" / "PreprocessConstants.swift"
 METADATA_FILE = "hotdog.json"
 FP32_FILE, INT8_FILE, COREML_FILE = "hotdog_xnnpack_fp32.pte", "hotdog_xnnpack_int8.pte", "hotdog_coreml.pte"

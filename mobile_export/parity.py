@@ -20,11 +20,12 @@ from mobile_export.export import (COREML_FILE, DEFAULT_OUT, FP32_FILE, INT8_FILE
 from model_src.bundle import BundleError, load_bundle
 from model_src.cli import run_cli
 from model_src.preprocess import normalize
+from training.data import SHARED_DATA
 
 FP32_MAX_ABS_DIFF = 1e-4
 INT8_MAX_DROP_PT = 1.0
 INT8_GOAL_DROP_PT = 0.5
-DEFAULT_TEST_DATA = REPO.parent / "shared" / "data" / "hotdog" / "test"
+DEFAULT_TEST_DATA = SHARED_DATA / "test"
 
 
 def load_forward(path: str | Path):

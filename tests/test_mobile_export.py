@@ -245,6 +245,17 @@ def test_bench_reports_all_three_variants(exported, tiny_weights, tmp_path):
     assert report["torch_threads"] >= 1 and report["input_size"] == SPEC.input_size
 
 
+def test_bench_batch_reports_per_image_cost_within_the_programs_range(exported, tiny_weights):
+    out, _ = exported
+    photo = SAMPLE / "hot_dog" / "133012.jpg"
+    report = bench.bench(tiny_weights, out, photo, runs=3, warmup=1, batch=3)
+    assert report["batch"] == 3
+    assert all(r["median_ms_per_image"] == pytest.approx(r["median_ms"] / 3) for r in report["results"].values())
+    max_batch = json.loads((out / export.METADATA_FILE).read_text())["input"]["batch"]["max"]
+    with pytest.raises(export.ExportError, match=f"batches of 1 to {max_batch}"):
+        bench.bench(tiny_weights, out, photo, runs=1, warmup=0, batch=max_batch + 1)
+
+
 def test_calibration_refuses_test_files_listed_or_found_under_the_root(tmp_path, tiny_weights):
     dataset = tmp_path / "hotdog"  # the dataset root itself: rglob would reach test/ images
     shutil.copytree(SAMPLE, dataset / "test")
