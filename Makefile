@@ -7,7 +7,7 @@ TEST_DATA ?= ../shared/data/hotdog/test
 RUN ?= runs/latest
 WEIGHTS ?= weights
 
-.PHONY: setup train compare ship eval bench-train bench-train-step test clean mar grpc-stubs serve stop predict predict-grpc serve-parity web
+.PHONY: setup train train-transfer compare ship eval bench-train bench-train-step test clean mar grpc-stubs serve stop predict predict-grpc serve-parity web
 
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -19,6 +19,12 @@ setup: .venv/.installed
 # Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`.
 train: setup
 	$(PY) -m training.train --config training/configs/hotdog.yaml --data $(DATA) --out $(RUN)
+
+# The transfer-learning arm: pretrained EfficientNet-Lite0 + a fitted two-class head (the teacher of
+# training/configs/distill.yaml) -> $(TRANSFER_RUN)/ and $(TRANSFER_RUN)-zero-shot/; `make eval WEIGHTS=...` scores them.
+TRANSFER_RUN ?= runs/transfer
+train-transfer: setup
+	$(PY) -m training.transfer --config training/configs/distill.yaml --data $(DATA) --out $(TRANSFER_RUN)
 
 # Does a finished run beat the shipped model? Per-photo Kaggle val loss, paired: `make compare CANDIDATES=runs/mine`.
 CANDIDATES ?= $(RUN)

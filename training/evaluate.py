@@ -14,12 +14,30 @@ from pathlib import Path
 
 import torch
 
-from model_src.bundle import BundleError, load_bundle
+from model_src.bundle import BundleError, load_bundle, read_manifest, sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_tensor
 from model_src.resnn import inference_gflops
 from training.data import SHARED_DATA, DataError, scan_image_folder
 from training.plots import plot_confusion, plot_curves
+
+
+def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, PreprocessSpec, dict]:
+    """A ResNN run folder, or the transfer arm's (training.transfer), as (model, spec, manifest)."""
+    from training.teacher import TRANSFER_ARCHS, build_transfer_model
+
+    folder = Path(folder)
+    try:
+        manifest = read_manifest(folder)
+        if manifest["arch"]["name"] not in TRANSFER_ARCHS:
+            return load_bundle(folder)
+    except BundleError as e:
+        raise DataError(str(e)) from None
+    weights = manifest["weights"] and folder / manifest["weights"]
+    if weights and sha256_file(weights) != manifest["weights_sha256"]:
+        raise DataError(f"{weights} does not match its manifest's sha256: refusing to load")
+    state = torch.load(weights, map_location="cpu", weights_only=True) if weights else None
+    return build_transfer_model(manifest["arch"], state), PreprocessSpec.load(folder), manifest
 
 
 @torch.no_grad()
@@ -91,10 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
 
-    try:
-        model, spec, manifest = load_bundle(args.weights)
-    except BundleError as e:
-        raise DataError(str(e)) from None
+    model, spec, manifest = load_model_folder(args.weights)
     data = Path(args.data)
     samples, _ = scan_image_folder(data, spec.labels)
     probs, kept, skipped = predict_files(model, spec, [s.path for s in samples], args.batch_size)

@@ -33,12 +33,14 @@ class TrainAugment:
                 return top, left, ch, cw
         return 0, 0, h, w
 
-    def __call__(self, images: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> normalized float (B, 3, size, size)."""
+    def __call__(self, images: torch.Tensor, size: int, g: torch.Generator,
+                 boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> normalized float (B, 3, size, size). `boxes` (B, 4: top, left, h, w) fixes
+        the crops (the views a teacher labelled) instead of drawing them."""
         b, _, h, w = images.shape
         crops = []
         for i in range(b):
-            top, left, ch, cw = self._crop_box(h, w, g)
+            top, left, ch, cw = self._crop_box(h, w, g) if boxes is None else boxes[i].tolist()
             crop = images[i:i + 1, :, top:top + ch, left:left + cw].float()
             crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
                                        align_corners=False))

