@@ -129,7 +129,7 @@ bench-serve: setup $(PTE_META)
 
 # Every test/ image through the running server vs offline evaluation -> reports/serve_parity.json.
 serve-parity: setup
-	$(PY) -m serving.parity --data $(TEST_DATA) --weights $(WEIGHTS) --out reports/serve_parity.json $(CLIENT_ARGS)
+	$(PY) -m bench.parity --data $(TEST_DATA) --weights $(WEIGHTS) --out reports/serve_parity.json $(CLIENT_ARGS)
 
 # The phone-friendly page in front of TorchServe (started first if it is not running): http://127.0.0.1:8090
 # `make web LAN=1` listens on the network so a phone on the same Wi-Fi can open it. Ctrl-C stops the page.
@@ -143,13 +143,13 @@ clean:
 
 # --- Hardening reports (each starts a private TorchServe on free ports and stops it) -----------------
 .PHONY: bad-input-report bench-faults bench-soak
-# Every case of serving/bad_inputs.py over HTTP and gRPC -> reports/bad_inputs.json + reports/bad_inputs.md
+# Every case of bench/bad_inputs.py over HTTP and gRPC -> reports/bad_inputs.json + reports/bad_inputs.md
 bad-input-report: mar grpc-stubs
-	$(PY) -m serving.bad_inputs --out reports/bad_inputs.json
+	$(PY) -m bench.bad_inputs --out reports/bad_inputs.json
 # kill -9 and SIGSTOP the worker under load: recovery time, failed requests -> reports/faults.json
 bench-faults: mar
-	$(PY) -m serving.faults --out reports/faults.json
+	$(PY) -m bench.faults --out reports/faults.json
 # 10,000 real test JPEGs at concurrency 32: errors, p50/p99, worker RSS start/end -> reports/soak.json
 SOAK_REQUESTS ?= 10000
 bench-soak: mar
-	$(PY) -m serving.soak --requests $(SOAK_REQUESTS) --concurrency 32 --data $(TEST_DATA) --out reports/soak.json
+	$(PY) -m bench.soak --requests $(SOAK_REQUESTS) --concurrency 32 --data $(TEST_DATA) --out reports/soak.json

@@ -44,7 +44,7 @@ from mobile_export.export import DEFAULT_OUT as PTE_DIR, FP32_FILE, INT8_FILE  #
 from serving import server as ts_server  # noqa: E402
 from serving.archive import MODEL_CONFIG, build_mar  # noqa: E402
 from serving.config import ServeConfig  # noqa: E402
-from serving.harness import free_ports  # noqa: E402
+from bench.harness import free_ports  # noqa: E402
 from training.data import SHARED_DATA  # noqa: E402
 
 DEFAULT_DATA = SHARED_DATA / "test"

@@ -47,13 +47,9 @@ RUNTIMES = ("eager", "compile", "executorch", "executorch_int8")
 HANDLER_OPTIONS = ("runtime", "threads", "jpeg_draft")
 PTE_METADATA = "hotdog.json"
 PTE_PROGRAMS = {"executorch": "xnnpack_fp32", "executorch_int8": "xnnpack_int8"}
-# Every metric value, and every INFO line, a worker logs is a line on its stdout that the frontend reads
-# and parses. Per batch, TorchServe logs a "Backend received inference" line and its HandlerTime and
-# PredictionTime gauges; we log HotdogBatchSize and three stage-timing gauges. Prometheus
-# keeps a gauge's last value until the next scrape, so gauge values go out at most once a second per
-# worker (per metric name), the "Backend received" line not at all; the batch-size histogram still counts
-# every batch. Side by side at C=8 (two int8 servers, 8 windows of 20 s): 4.27 -> 4.07 ms of server CPU
-# per request, 409 -> 426 requests per second.
+# Every metric value and INFO line a worker logs is a line the Java frontend parses, and Prometheus keeps
+# only a gauge's last value: so gauges go out at most once a second per worker and the per-batch
+# "Backend received" line not at all (about 5% of server CPU per request; docs/serving-performance.md).
 GAUGE_INTERVAL_S = 1.0
 _BACKEND_RECEIVED = "Backend received inference at: %d"  # ts/protocol/otf_message_handler.py
 _gauge_due: dict[str, float] = {}

@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "data" / "sample"  # a few real photos per class, so tests need no ../shared
 sys.path.insert(0, str(REPO))
 
-from serving.harness import config_copy as serve_config_copy, free_ports  # noqa: E402  (after the path insert)
+from bench.harness import config_copy as serve_config_copy, free_ports  # noqa: E402  (after the path insert)
 
 # A ResNN small enough to train for a few epochs in seconds on 2 cores.
 TINY_TRAIN_ARGS = [

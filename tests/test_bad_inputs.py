@@ -1,4 +1,4 @@
-"""The bad-input matrix (serving/bad_inputs.py: CASES) against the session's real TorchServe, HTTP and gRPC.
+"""The bad-input matrix (bench/bad_inputs.py: CASES) against the session's real TorchServe, HTTP and gRPC.
 
 Every case is sent at the same moment as two good photos: the case gets its expected answer (a
 prediction, or a 4xx whose JSON names the problem, never 503 "Prediction failed"), the good photos are
@@ -7,9 +7,9 @@ and writes reports/bad_inputs.{json,md}.
 """
 import pytest
 
-from serving import bad_inputs
-from serving.bad_inputs import BY_NAME, CASES, Reference, run_case, transports
-from serving.harness import worker_pids
+from bench import bad_inputs
+from bench.bad_inputs import BY_NAME, CASES, Reference, run_case, transports
+from bench.harness import worker_pids
 
 PARAMS = [pytest.param(c.name, t, id=f"{c.name}-{t}") for c in CASES for t in transports(c)]
 

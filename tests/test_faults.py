@@ -1,4 +1,4 @@
-"""Worker faults under load on a private real TorchServe (serving/faults.py; make bench-faults reports the numbers).
+"""Worker faults under load on a private real TorchServe (bench/faults.py; make bench-faults reports the numbers).
 
 kill -9 and a hung worker (SIGSTOP, on an archive re-packed with a 5 s responseTimeout): TorchServe
 replaces the worker, only requests in flight at the fault fail (with a 5xx, never a hang past the
@@ -6,8 +6,8 @@ client timeout), and the load is served again by the new worker. No timing is as
 """
 import pytest
 
-from serving import faults
-from serving.harness import private_server, worker_pids
+from bench import faults
+from bench.harness import private_server, worker_pids
 
 THREADS = 3
 

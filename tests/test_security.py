@@ -143,7 +143,7 @@ def test_tls_settings_serve_https_and_grpc_over_tls(tmp_path, monkeypatch):
 
     from serving.config import ServeConfig
     from serving.grpc_stubs import import_stubs
-    from serving.harness import free_ports
+    from bench.harness import free_ports
 
     if not shutil.which("openssl"):
         pytest.fail("openssl not installed (needed to make a test certificate; .ci/run.d/web-deps.sh installs it)")

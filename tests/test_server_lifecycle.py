@@ -1,16 +1,17 @@
 """The serving tools around a server's life, without starting one: a stale pid file (serving/server.py),
 which files make hotdog.mar stale (serving/archive.py vs the Makefile), a soak with no requests
-(serving/soak.py). Every server-state file lives in tmp_path, never in the repo's .serve/.
+(bench/soak.py). Every server-state file lives in tmp_path, never in the repo's .serve/.
 """
 import subprocess
 import sys
 
 import pytest
 
-from serving import server, soak
+from bench import soak
+from serving import server
 from serving.archive import mar_inputs
 from serving.config import REPO, ServeError
-from serving.harness import config_copy
+from bench.harness import config_copy
 
 
 @pytest.fixture

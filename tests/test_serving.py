@@ -17,7 +17,8 @@ import imagegen
 from conftest import REPO, SAMPLE, serve_config_copy
 from model_src.bundle import load_bundle
 from model_src.preprocess import bytes_to_tensor
-from serving import grpc_client, parity, server
+from bench import parity
+from serving import grpc_client, server
 from serving.config import MAR, read_keys
 from training.evaluate import predict_files
 

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from conftest import SAMPLE, serve_config_copy
-from serving import grpc_client, http_client, parity, server
+from bench import parity
+from serving import grpc_client, http_client, server
 from serving.config import KEY_FILE, MAR, REPO, ServeError, http_key_refused, read_keys
 
 LIFETIME_MIN = "0.1"  # TorchServe reads token_expiration_min as a double: 6 s

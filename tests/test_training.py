@@ -371,3 +371,15 @@ def test_compare_calls_better_only_beyond_two_paired_standard_errors():
     noisy = base + 0.3 * torch.tensor([1.0, -1.0] * 25) - 0.01  # lower on average, but by noise
     result = paired_difference(noisy, base)
     assert result["difference"] < 0 and result["lower_on"] == 25 and result["better"] is False
+
+
+def test_cross_source_run_trains_without_the_excluded_source_but_validates_on_it(sample_tree, tmp_path, capsys):
+    out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY_TRAIN_ARGS,
+                      "--exclude-source", "kaggle", "--select-source", "extra"])
+    rows = (out / "data_files.txt").read_text().splitlines()
+    trained = [r.split("\t") for r in rows if r.startswith("train")]
+    assert trained and {source for _, _, source in trained} == {"extra"}
+    assert "val_acc_kaggle" in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    code = train.cli(["--data", str(sample_tree), "--out", str(tmp_path / "bad"), *TINY_TRAIN_ARGS,
+                      "--exclude-source", "kaggle"])
+    assert code == 2 and "select_source" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 Needs Debian's chromium and chromium-driver (`.ci/run.d/web-deps.sh` installs them). The browser
 emulates a phone (390x844 CSS px, touch, iPhone user agent). A screenshot of the phone screen with a
-verdict is saved to build/test-artifacts/web/ (reports/web_screenshot.png is a copy of it).
+verdict is saved to build/test-artifacts/web/ (docs/images/web_screenshot.png is a copy of it).
 """
 from __future__ import annotations
 

@@ -34,8 +34,11 @@ class TrainConfig:
     # 15% of the Kaggle photos (74: few, but test/ is Kaggle photos), 5% of the easier extra ones.
     val_fraction: dict[str, float] = field(default_factory=lambda: {"kaggle": 0.15, "extra": 0.05})
     select_source: str = "kaggle"  # the checkpoint is chosen on this source's validation images
-    # "loss" = lowest val cross-entropy, "acc" = highest val accuracy. Loss is the default because
-    # accuracy on ~75 images moves in 1.3-point steps and picked an epoch-30-of-78 checkpoint by noise.
+    # Cross-source check: drop this source's training images (its validation photos stay), so its val
+    # figures show how the model does on photos from a source it never saw. Select on another source.
+    exclude_source: str = ""
+    # "loss" = lowest val cross-entropy, "acc" = highest val accuracy. Loss is the default: accuracy on
+    # ~75 images moves in 1.3-point steps and picks checkpoints by noise.
     select_metric: str = "loss"
     # Each epoch repeats a source's training images this many times (e.g. {kaggle: 3}): the test photos
     # are Kaggle-like (every negative is food), the bulk of train/ is the easier extra set.
@@ -60,8 +63,8 @@ class TrainConfig:
     ema_decay: float = 0.998  # 0 disables EMA
     # Self-distillation from the model's own past (temporal ensembling, Laine & Aila 2017): each training
     # image's target mixes its label with the running average of the model's predictions on its earlier
-    # visits, the mix weight rising linearly with progress to `self_distill` (0 = off). An ensemble of
-    # our own models distilled into one, at no extra forward pass (a separate teacher would eat the budget).
+    # visits, the mix weight rising linearly with progress to `self_distill` (0 = off): a teacher at no
+    # extra forward pass.
     self_distill: float = 0.0
     self_distill_momentum: float = 0.6  # per visit: how much of the running average each visit keeps
     # Knowledge distillation from a pretrained teacher ("lite0": EfficientNet-Lite0 from the pinned wheel

@@ -1,4 +1,4 @@
-"""Served vs offline predictions on a whole split: `python -m serving.parity` (make serve-parity).
+"""Served vs offline predictions on a whole split: `python -m bench.parity` (make serve-parity).
 
 Every image of the split goes through the running TorchServe (HTTP, several requests in flight so
 the server batches them, as in production) and through training.evaluate's eager predictions on the

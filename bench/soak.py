@@ -1,4 +1,4 @@
-"""Soak benchmark: `python -m serving.soak` (make bench-soak) -> reports/soak.json.
+"""Soak benchmark: `python -m bench.soak` (make bench-soak) -> reports/soak.json.
 
 A private TorchServe answers --requests real test JPEGs (../shared/data/hotdog/test, cycled) sent by
 --concurrency client threads. Reports errors (by status), latency percentiles, throughput, the
@@ -19,8 +19,8 @@ from pathlib import Path
 import requests
 
 from serving.config import MODEL_NAME, REPO
-from serving.harness import private_server, rss_mb, worker_pids
-from serving.parity import batch_counters
+from bench.harness import private_server, rss_mb, worker_pids
+from bench.parity import batch_counters
 from training.data import SHARED_DATA
 
 SAMPLE = REPO / "tests" / "data" / "sample"

@@ -1,4 +1,4 @@
-"""Fault injection under load: `python -m serving.faults` (make bench-faults) -> reports/faults.json.
+"""Fault injection under load: `python -m bench.faults` (make bench-faults) -> reports/faults.json.
 
 A private TorchServe serves real JPEGs to a few client threads that send requests back to back, each
 with a bounded client timeout. Then one fault is injected into the Python worker:
@@ -31,7 +31,7 @@ from pathlib import Path
 import requests
 
 from serving.config import MAR, MODEL_NAME, REPO
-from serving.harness import private_server, workers
+from bench.harness import private_server, workers
 
 SAMPLE = REPO / "tests" / "data" / "sample"
 

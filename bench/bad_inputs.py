@@ -3,7 +3,7 @@
 `CASES` is the one table: what is sent, over which transport, and what must come back. `run_case`
 sends a case together with two good photos at the same moment (so they share a batch), then checks
 the answer, that the good photos are still answered correctly, and that the worker's pid did not
-change. `python -m serving.bad_inputs` (make bad-input-report) runs every case over HTTP and gRPC on
+change. `python -m bench.bad_inputs` (make bad-input-report) runs every case over HTTP and gRPC on
 a private server and writes reports/bad_inputs.json and reports/bad_inputs.md; tests/test_bad_inputs.py
 runs the same table against the test session's server.
 """
@@ -388,13 +388,13 @@ def markdown(results: list[dict]) -> str:
 
 
 def run_all(srv, ref: Reference) -> list[dict]:
-    from serving.harness import worker_pids
+    from bench.harness import worker_pids
 
     return [run_case(srv, case, t, ref, lambda: worker_pids(srv)) for case in CASES for t in transports(case)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from serving.harness import private_server
+    from bench.harness import private_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "reports" / "bad_inputs.json"))
@@ -402,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     ref = Reference()
     start = time.time()
     with private_server() as srv:
-        pids = sorted(w for w in __import__("serving.harness").harness.worker_pids(srv))
+        pids = sorted(w for w in __import__("bench.harness").harness.worker_pids(srv))
         results = run_all(srv, ref)
-        pids_after = sorted(__import__("serving.harness").harness.worker_pids(srv))
+        pids_after = sorted(__import__("bench.harness").harness.worker_pids(srv))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"cases": len(CASES), "runs": len(results), "ok": sum(r["ok"] for r in results),
