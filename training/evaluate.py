@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = classification_report(y_true, probs, spec.labels)
     name = args.name or data.name
     report.update(split=name, data=str(data), skipped=skipped, weights_sha256=manifest["weights_sha256"],
-                  input_size=spec.input_size, gflops_per_image=round(inference_gflops(model, spec.input_size), 4))
+                  input_size=spec.input_size, gflops_per_image=round(inference_gflops(model, spec.input_size), 4),
+                  parameters=sum(p.numel() for p in model.parameters()), train_minutes=manifest.get("train_minutes"))
     out = Path(args.out or args.weights)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"eval_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
                    f"{name}: accuracy {report['accuracy']:.3f}")
     if (Path(args.weights) / "metrics.jsonl").exists():
         plot_curves(Path(args.weights) / "metrics.jsonl", out / "curves.png")
-    print(json.dumps({k: report[k] for k in ("split", "n", "accuracy", "roc_auc", "gflops_per_image") if k in report}))
+    print(json.dumps({k: report[k] for k in ("split", "n", "accuracy", "roc_auc", "gflops_per_image", "parameters")
+                      if k in report}))
     return report
 
 

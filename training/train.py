@@ -297,6 +297,17 @@ def epoch_sample_order(sources: list[str], repeats: dict[str, int]) -> torch.Ten
                         dtype=torch.long)
 
 
+def split_samples(samples: list, cfg: TrainConfig) -> tuple[list, list]:
+    """The source-stratified train/val split, less the training images of `exclude_source`."""
+    train_s, val_s = stratified_split(samples, cfg.val_fraction, cfg.seed)
+    if cfg.exclude_source:
+        if cfg.exclude_source == cfg.select_source:
+            raise DataError(f"exclude_source {cfg.exclude_source!r} is the select_source: choose the checkpoint "
+                            f"on a source the run trains on")
+        train_s = [s for s in train_s if s.source != cfg.exclude_source]
+    return train_s, val_s
+
+
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +352,7 @@ def main(argv: list[str] | None = None) -> Path:
     # Data: scan, split, decode once.
     data_root = Path(cfg.data)
     samples, labels = scan_image_folder(data_root, None, cfg.source_patterns, cfg.default_source)
-    train_s, val_s = stratified_split(samples, cfg.val_fraction, cfg.seed)
+    train_s, val_s = split_samples(samples, cfg)
     if not train_s or not val_s:
         raise DataError(f"split of {data_root} left {len(train_s)} train / {len(val_s)} val images")
     spec = PreprocessSpec(labels=labels, input_size=cfg.input_size, resize_size=cfg.resize_size)

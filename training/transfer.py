@@ -18,10 +18,10 @@ from model_src.bundle import sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec
 from training.config import parse_config
-from training.data import DataError, file_list_sha256, load_cached, scan_image_folder, stratified_split
+from training.data import DataError, file_list_sha256, load_cached, scan_image_folder
 from training.presets import TrainAugment
 from training.teacher import TEACHER_SPEC_FIELDS, Teacher, load_pretrained_lite0, teacher_weights_path
-from training.train import autocast_for, check_writable, pick_device, training_clock
+from training.train import autocast_for, check_writable, pick_device, split_samples, training_clock
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> Path:
     wall_start = time.perf_counter()
     data_root = Path(cfg.data)
     samples, labels = scan_image_folder(data_root, None, cfg.source_patterns, cfg.default_source)
-    train_s, val_s = stratified_split(samples, cfg.val_fraction, cfg.seed)
+    train_s, val_s = split_samples(samples, cfg)
     student_spec = PreprocessSpec(labels=labels, input_size=cfg.input_size, resize_size=cfg.resize_size)
     train_x, train_y, _, _ = load_cached(train_s, cfg.cache_size, cfg.cache_size, student_spec.max_pixels,
                                          cfg.decode_workers)
