@@ -16,9 +16,11 @@ setup: .venv/.installed
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`.
+# Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`; another recipe:
+# `make train TRAIN_CONFIG=training/configs/distill.yaml` (needs the teacher wheel, see pyproject.toml).
+TRAIN_CONFIG ?= training/configs/hotdog.yaml
 train: setup
-	$(PY) -m training.train --config training/configs/hotdog.yaml --data $(DATA) --out $(RUN)
+	$(PY) -m training.train --config $(TRAIN_CONFIG) --data $(DATA) --out $(RUN)
 
 # The transfer-learning arm: pretrained EfficientNet-Lite0 + a fitted two-class head (the teacher of
 # training/configs/distill.yaml) -> $(TRANSFER_RUN)/ and $(TRANSFER_RUN)-zero-shot/; `make eval WEIGHTS=...` scores them.
@@ -50,14 +52,12 @@ bench-train-step: setup
 eval: setup
 	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(TEST_DATA)
 
-# ExecuTorch .pte files for iOS (fp32, int8, Core ML) + hotdog.json in mobile_export/out/; regenerates the
-# iOS sample's PreprocessConstants.swift. int8 calibrates on training images only.
+# ExecuTorch .pte files (fp32, int8, Core ML) + hotdog.json in exported/, committed like weights/: the
+# default archive runs the int8 one and the iOS app bundles them. Re-run after retraining (int8 calibrates
+# on training images only, so it needs $(DATA)); regenerates the iOS sample's PreprocessConstants.swift.
 .PHONY: export export-parity bench-mobile
-# The .pte files the serving runtimes take from mobile_export/out: exported again when the weights or
-# the exporter change (a .pte from other weights is refused by the handler).
-PTE_META := mobile_export/out/hotdog.json
-$(PTE_META): $(addprefix $(WEIGHTS)/,model.pt manifest.json preprocess.json) mobile_export/export.py | setup
-	$(MAKE) --no-print-directory export
+EXPORTED := exported
+PTE_META := $(EXPORTED)/hotdog.json
 export: setup
 	$(PY) -m mobile_export.export --weights $(WEIGHTS) --calib-data $(DATA)
 
@@ -73,13 +73,25 @@ test: setup mar grpc-stubs
 	$(PY) -m pytest -q tests
 
 # --- Serving (TorchServe) ---------------------------------------------------------------------
-# hotdog.mar is rebuilt whenever the shipped weights, the handler, model_src or the model config change.
+# hotdog.mar: the ExecuTorch int8 runtime (serve_config/model-config.yaml) with exported/'s int8 .pte,
+# rebuilt whenever the weights, the programs, the handler, model_src or the model config change. An
+# export from other weights or another exporter is refused with both hashes (run `make export`).
 MAR := model_store/hotdog.mar
 MAR_INPUTS := $(addprefix $(WEIGHTS)/,model.pt preprocess.json manifest.json) handlers/hotdog_handler.py \
-	$(wildcard model_src/*.py) serve_config/model-config.yaml serving/archive.py
+	$(wildcard model_src/*.py) serve_config/model-config.yaml serving/archive.py \
+	$(PTE_META) $(EXPORTED)/hotdog_xnnpack_int8.pte
 mar: $(MAR)
 $(MAR): $(MAR_INPUTS) | setup
 	$(PY) -m serving.archive --weights $(WEIGHTS)
+
+# The plain PyTorch fp32 archive (serve_config/model-config.eager.yaml) -> model_store/eager/hotdog.mar;
+# serve it with `make serve SERVE_MAR=model_store/eager/hotdog.mar`.
+MAR_EAGER := model_store/eager/hotdog.mar
+mar-eager: $(MAR_EAGER)
+$(MAR_EAGER): $(MAR_INPUTS) serve_config/model-config.eager.yaml | setup
+	$(PY) -m serving.archive --weights $(WEIGHTS) --store $(dir $@) --model-config serve_config/model-config.eager.yaml
+# The int8 archive is the default one now; the old name still builds it.
+mar-int8: mar
 
 # gRPC stubs generated from the .proto files inside the installed TorchServe (never copied here).
 GRPC_STUBS := build/grpc/inference_pb2_grpc.py
@@ -94,9 +106,10 @@ SERVE_WORKDIR ?= .
 SERVE_TMPDIR ?= .serve/tmp
 CLIENT_ARGS = --config $(SERVE_CONFIG) --workdir $(SERVE_WORKDIR)
 
-# Start TorchServe on hotdog.mar, wait until the model is READY, then answer one prediction.
-serve: mar
-	$(PY) -m serving.server start $(CLIENT_ARGS) --tmpdir $(SERVE_TMPDIR) $(if $(SERVE_MAR),--mar $(SERVE_MAR))
+# Start TorchServe on hotdog.mar (or SERVE_MAR), wait until the model is READY, then answer one prediction.
+SERVE_MAR ?= $(MAR)
+serve: $(SERVE_MAR) | setup
+	$(PY) -m serving.server start $(CLIENT_ARGS) --tmpdir $(SERVE_TMPDIR) --mar $(SERVE_MAR)
 	$(PY) -m serving.http_client $(SAMPLE_IMG) $(CLIENT_ARGS)
 
 stop: setup
@@ -110,21 +123,11 @@ predict-grpc: grpc-stubs
 	@test -n "$(IMG)" || { echo "usage: make predict-grpc IMG=path/to/photo.jpg" >&2; exit 2; }
 	$(PY) -m serving.grpc_client $(IMG) $(CLIENT_ARGS)
 
-# `make serve SERVE_MAR=model_store/int8/hotdog.mar` serves another archive (e.g. `make mar-int8`).
-SERVE_MAR ?=
-
-# hotdog.mar with the ExecuTorch XNNPACK int8 runtime and the tuned settings of
-# serve_config/model-config.int8.yaml -> model_store/int8/hotdog.mar (the default `make mar` stays eager).
-MAR_INT8 := model_store/int8/hotdog.mar
-mar-int8: $(MAR_INT8)
-$(MAR_INT8): $(MAR_INPUTS) serve_config/model-config.int8.yaml $(PTE_META) | setup
-	$(PY) -m serving.archive --weights $(WEIGHTS) --store $(dir $@) \
-		--model-config serve_config/model-config.int8.yaml --pte mobile_export/out/hotdog_xnnpack_int8.pte
-
-# Serving speed, side by side in one run: FastAPI baseline vs our TorchServe (eager, tuned int8), C=1/8/32
-# -> reports/bench_serve.{json,png}. BENCH_ARGS="--quick" for a smoke run, "--variants ..." for a sweep.
-.PHONY: mar-int8 bench-serve
-bench-serve: setup $(PTE_META)
+# Serving speed, side by side in one run: FastAPI baselines (same weights; the seed-style app) vs our
+# TorchServe (default int8, eager), C=1/8/32 -> reports/bench_serve.{json,png}.
+# BENCH_ARGS="--quick" for a smoke run, "--variants ..." for a sweep.
+.PHONY: mar-eager mar-int8 bench-serve
+bench-serve: setup
 	$(PY) -m bench.serve_load --weights $(WEIGHTS) --data $(TEST_DATA) $(BENCH_ARGS)
 
 # Every test/ image through the running server vs offline evaluation -> reports/serve_parity.json.

@@ -1,13 +1,16 @@
 """Served vs offline predictions on a whole split: `python -m bench.parity` (make serve-parity).
 
 Every image of the split goes through the running TorchServe (HTTP, several requests in flight so
-the server batches them, as in production) and through training.evaluate's eager predictions on the
-same weights folder. Writes agreement, max |Δp| and both accuracies to a JSON report.
+the server batches them, as in production) and through `offline_predictor`: what the archive's
+model-config serves (the same runtime, the eager model or the .pte run by the ExecuTorch runtime, and
+the same decode), computed here without TorchServe, on the same weights. Writes agreement, max |Δp|,
+both accuracies and the eager fp32 accuracy to a JSON report.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -16,14 +19,63 @@ from pathlib import Path
 
 import requests
 import torch
+import yaml
 
-from model_src.bundle import load_bundle
+from mobile_export.export import DEFAULT_OUT as EXPORTED
+from model_src.bundle import PTE_PROGRAMS, check_programs, load_bundle
+from model_src.preprocess import ImageError, decode_image, image_to_tensor, image_to_uint8
+from serving.archive import MODEL_CONFIG
 from serving.config import CONFIG, MODEL_NAME, REPO, InferenceKey, ServeConfig, ServeError, http_key_refused
 from serving.http_client import predict_bytes
 from training.data import SHARED_DATA, DataError, scan_image_folder
 from training.evaluate import predict_files
 
 TOLERANCE = 1e-5  # float32 reductions may differ in the last bits between batch compositions
+
+
+def offline_predictor(weights: Path, model_config: Path = MODEL_CONFIG, exported: Path = EXPORTED):
+    """(spec, decode, forward) as an archive built with this model-config serves: decode(bytes) -> image
+    (ImageError if unusable; jpeg_draft as configured), forward(images) -> (N, classes) probabilities by
+    the configured runtime (the eager model, or the .pte by the ExecuTorch runtime), without TorchServe."""
+    model, spec, manifest = load_bundle(weights)
+    options = (yaml.safe_load(Path(model_config).read_text()) or {}).get("handler") or {}
+    runtime = options.get("runtime", "eager")
+    draft = spec.resize_size if options.get("jpeg_draft") else None
+
+    def decode(data: bytes):
+        return decode_image(data, spec.max_pixels, draft)
+
+    if runtime in PTE_PROGRAMS:
+        from executorch.runtime import Runtime
+
+        entry = check_programs(exported, manifest["weights_sha256"])["programs"][PTE_PROGRAMS[runtime]]
+        method = Runtime.get().load_program(Path(exported) / entry["file"]).load_method("forward")
+
+        def forward(images) -> torch.Tensor:  # uint8 in, probabilities out
+            x = torch.stack([image_to_uint8(img, spec) for img in images])
+            step = entry["batch"]["max"]
+            return torch.cat([method.execute([x[i:i + step].contiguous()])[0] for i in range(0, len(x), step)])
+    else:
+        @torch.inference_mode()
+        def forward(images) -> torch.Tensor:
+            return torch.softmax(model(torch.stack([image_to_tensor(img, spec) for img in images])), dim=1)
+
+    return spec, decode, forward
+
+
+def offline_files(decode, forward, paths: list[Path], labels: tuple[str, ...], batch_size: int = 32):
+    """(probabilities of the readable files, their indices, 'path: reason' for the others)."""
+    probs, kept, skipped, images = [], [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(decode(Path(path).read_bytes()))
+            kept.append(i)
+        except (ImageError, OSError) as e:
+            skipped.append(f"{path}: {e}")
+        if len(images) == batch_size or (i == len(paths) - 1 and images):
+            probs.append(forward(images).float())
+            images = []
+    return (torch.cat(probs) if probs else torch.zeros(0, len(labels))), kept, skipped
 
 
 def served_probabilities(paths: list[Path], cfg: ServeConfig, key: InferenceKey, labels: tuple[str, ...],
@@ -56,11 +108,14 @@ def batch_counters(cfg: ServeConfig) -> tuple[float, float]:
     return values["count"], values["sum"]
 
 
-def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency: int = 8) -> dict:
+def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency: int = 8,
+        model_config: Path = MODEL_CONFIG) -> dict:
     model, spec, manifest = load_bundle(weights)
     samples, _ = scan_image_folder(data, spec.labels)
     paths = [s.path for s in samples]
-    offline, kept, skipped = predict_files(model, spec, paths)
+    _, decode, forward = offline_predictor(weights, model_config)
+    offline, kept, skipped = offline_files(decode, forward, paths, spec.labels)
+    fp32, fp32_kept, _ = predict_files(model, spec, paths)  # the eager fp32 model on full decodes
     batches_before, requests_before = batch_counters(cfg)
     answers, seconds = served_probabilities(paths, cfg, InferenceKey.of_server(cfg, workdir), spec.labels,
                                             concurrency)
@@ -78,10 +133,10 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
     # Shaped (images, classes) even when nothing was served, so the comparisons below stay defined.
     served = torch.tensor([[answers[i]["probabilities"][c] for c in spec.labels] for i in both],
                           dtype=torch.float32).reshape(len(both), len(spec.labels))
-    eager = offline[[offline_row[i] for i in both]]
+    reference = offline[[offline_row[i] for i in both]]
     y_true = torch.tensor([samples[i].label for i in both])
-    agree = (served.argmax(1) == eager.argmax(1)).float()
-    max_dp = (served - eager).abs().max().item() if both else None  # None: JSON has no NaN
+    agree = (served.argmax(1) == reference.argmax(1)).float()
+    max_dp = (served - reference).abs().max().item() if both else None  # None: JSON has no NaN
     served_ok = [i for i, a in enumerate(answers) if isinstance(a, dict)]
     served_pred = torch.tensor([spec.labels.index(answers[i]["label"]) for i in served_ok])
     served_true = torch.tensor([samples[i].label for i in served_ok])
@@ -97,7 +152,10 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
         "max_abs_prob_diff": max_dp,
         "tolerance": TOLERANCE,
         "served_accuracy": (served_pred == served_true).float().mean().item() if served_ok else 0.0,
-        "offline_accuracy": (eager.argmax(1) == y_true).float().mean().item() if both else 0.0,
+        "offline_accuracy": (reference.argmax(1) == y_true).float().mean().item() if both else 0.0,
+        "offline_reference": os.path.relpath(model_config, REPO),
+        "fp32_eager_accuracy": (fp32.argmax(1) == torch.tensor([samples[i].label for i in fp32_kept])).float()
+                               .mean().item() if fp32_kept else 0.0,
         "served_errors": served_errors,
         "offline_skipped": skipped,
         "concurrency": concurrency,
@@ -117,11 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--workdir", default=str(REPO), help="where the server wrote key_file.json")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--model-config", default=str(MODEL_CONFIG),
+                        help="the served archive's model-config.yaml (its runtime and decode are the reference)")
     parser.add_argument("--out", default=str(REPO / "reports" / "serve_parity.json"))
     args = parser.parse_args(argv)
     try:
         report = run(Path(args.data), Path(args.weights), ServeConfig.load(args.config), Path(args.workdir),
-                     args.concurrency)
+                     args.concurrency, Path(args.model_config))
     except (ServeError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -132,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("images", "label_agreement", "max_abs_prob_diff",
-                                             "served_accuracy", "offline_accuracy", "served_images_per_s",
+                                             "served_accuracy", "offline_accuracy", "fp32_eager_accuracy",
+                                             "served_images_per_s",
                                              "mean_batch_size", "pass")}))
     if report["served_errors"]:  # the report lists them all; one says why
         path, error = next(iter(report["served_errors"].items()))

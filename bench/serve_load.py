@@ -5,13 +5,17 @@ connection, send the real test JPEGs (the same bytes to every server: `--request
 default, as an upload form's field `file`; `--request raw`, as the request body) one request after
 the other, for a bounded time and request count, on loopback only. All servers are started first;
 then, per level, each gets `--rounds` windows in turn (rotating order), so load from other jobs on a
-shared machine falls on every server alike. Servers, on the same weights:
-  baseline          bench/baselines/fastapi_app.py (FastAPI + uvicorn, one eager forward per request);
+shared machine falls on every server alike. Servers:
+  baseline          bench/baselines/fastapi_app.py (FastAPI + uvicorn, one eager forward per request),
+                    on the same weights and preprocessing as ours: the same-weights reference;
   baseline-t1       the same app with torch.set_num_threads(1): a tuned reference (--baseline-threads);
   baseline-pool     the same app running decode + forward in its thread pool, as a `def` endpoint
                     does (--baseline-pool);
+  baseline-seed     bench/baselines/seed_app.py: the common single-file app (UploadFile, torchvision
+                    transforms at 192 px, the seed's ResNN with random weights); multipart only;
   ts-<variant>      our TorchServe on hotdog.mar built with that variant's model-config.yaml
-                    (runtime, threads, batchSize, maxBatchDelay, workers), free ports, own workdir.
+                    (runtime, threads, batchSize, maxBatchDelay, workers), free ports, own workdir;
+                    ts-default is what `make serve` starts, ts-eager what `make mar-eager` packs.
 Per server and C: req/s, p50/p90/p99 latency, errors, the server processes' CPU time (psutil,
 frontend + workers), served accuracy and label agreement with the baseline per image, and the
 ratio ours / baseline. The machine is shared (2 cores, other jobs): absolute numbers drift, the
@@ -40,23 +44,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from handlers.hotdog_handler import HANDLER_OPTIONS  # noqa: E402  (keys that live under `handler:`)
-from mobile_export.export import DEFAULT_OUT as PTE_DIR, FP32_FILE, INT8_FILE  # noqa: E402
 from serving import server as ts_server  # noqa: E402
-from serving.archive import MODEL_CONFIG, build_mar  # noqa: E402
+from serving.archive import EAGER_MODEL_CONFIG, MODEL_CONFIG, build_mar  # noqa: E402
 from serving.config import ServeConfig  # noqa: E402
 from bench.harness import free_ports  # noqa: E402
 from training.data import SHARED_DATA  # noqa: E402
 
 DEFAULT_DATA = SHARED_DATA / "test"
-PTE_FILES = {"executorch": FP32_FILE, "executorch_int8": INT8_FILE}
 BOUNDARY = "hotdogbenchboundary7e1c"
 # How a JPEG travels. multipart: an upload form (what a FastAPI UploadFile endpoint expects, the headline);
 # raw: the bytes as the body (TorchServe's documented `curl -T photo.jpg`); both servers accept both.
 CONTENT_TYPES = {"multipart": f"multipart/form-data; boundary={BOUNDARY}", "raw": "image/jpeg"}
 
-# name -> overrides of serve_config/model-config.yaml (HANDLER_OPTIONS go under `handler:`; a `server`
-# dict overrides settings of serve_config/config.properties for that server only).
-INT8_CONFIG = REPO / "serve_config" / "model-config.int8.yaml"
+# name -> a whole model-config.yaml, or overrides of serve_config/model-config.eager.yaml (HANDLER_OPTIONS
+# go under `handler:`; a `server` dict overrides serve_config/config.properties for that server only).
 
 
 def config_as_overrides(path: Path) -> dict:
@@ -69,8 +70,10 @@ def config_as_overrides(path: Path) -> dict:
 INT8_W2T1 = {"runtime": "executorch_int8", "minWorkers": 2, "maxWorkers": 2, "threads": 1}
 DRAFT_INT8 = {**INT8_W2T1, "maxBatchDelay": 1, "jpeg_draft": True}
 VARIANTS = {
-    "eager": {},  # the shipped model-config.yaml as it is (what `make mar` packs)
-    "mar-int8": INT8_CONFIG,  # serve_config/model-config.int8.yaml as it is (what `make mar-int8` packs)
+    "default": MODEL_CONFIG,  # serve_config/model-config.yaml as it is (what `make mar` / `make serve` use)
+    "eager": EAGER_MODEL_CONFIG,  # serve_config/model-config.eager.yaml as it is (`make mar-eager`)
+    # the eager archive as `make mar` built it before: 1 worker of torch's default threads, 50 ms window
+    "eager-d50": {"minWorkers": 1, "maxWorkers": 1, "maxBatchDelay": 50, "threads": 0},
     "eager-w2t1": {"minWorkers": 2, "maxWorkers": 2, "threads": 1},
     "executorch": {"runtime": "executorch"},
     "int8": {"runtime": "executorch_int8"},
@@ -91,12 +94,12 @@ VARIANTS = {
     "int8-w2t1-b8d3-draft": {**DRAFT_INT8, "maxBatchDelay": 3},
     # no batching: no 1 ms wait for company (TorchServe reads a delay of 0 as "unset": 100 ms)
     "int8-w2t1-b1-draft": {**DRAFT_INT8, "batchSize": 1},
-    # the shipped int8 config with one server setting changed
-    "mar-int8-serialgc": {**config_as_overrides(INT8_CONFIG), "server": {"vmargs": "-XX:+UseSerialGC"}},
+    # the default config with one server setting changed
+    "default-serialgc": {**config_as_overrides(MODEL_CONFIG), "server": {"vmargs": "-XX:+UseSerialGC"}},
     # one Netty event-loop thread for clients and one for the workers (default: 2 per core each)
-    "mar-int8-netty1": {**config_as_overrides(INT8_CONFIG),
+    "default-netty1": {**config_as_overrides(MODEL_CONFIG),
                         "server": {"number_of_netty_threads": "1", "netty_client_threads": "1"}},
-    "mar-int8-quiet": {**config_as_overrides(INT8_CONFIG),
+    "default-quiet": {**config_as_overrides(MODEL_CONFIG),
                        "server": {"async_logging": "true", "disable_system_metrics": "true"}},
     "int8-w3t1-b8d1": {**INT8_W2T1, "minWorkers": 3, "maxWorkers": 3, "maxBatchDelay": 1},
     "int8-w3t1-b8d5": {**INT8_W2T1, "minWorkers": 3, "maxWorkers": 3, "maxBatchDelay": 5},
@@ -104,7 +107,7 @@ VARIANTS = {
     "compile": {"runtime": "compile", "threads": 1},
     "compile-w2t1-b8d5": {"runtime": "compile", "minWorkers": 2, "maxWorkers": 2, "threads": 1, "maxBatchDelay": 5},
 }
-DEFAULT_VARIANTS = ["eager", "mar-int8"]
+DEFAULT_VARIANTS = ["default", "eager"]
 
 
 def load_images(data: Path, limit: int | None, request: str = "multipart") -> list[tuple[str, str, bytes]]:
@@ -154,15 +157,19 @@ class Target:
 
 
 class Baseline(Target):
-    def __init__(self, weights: Path, workdir: Path, threads: int = 0, threadpool: bool = False):
-        self.name = "baseline" + (f"-t{threads}" if threads else "") + ("-pool" if threadpool else "")
+    def __init__(self, weights: Path, workdir: Path, threads: int = 0, threadpool: bool = False, seed: bool = False):
         self.host, self.port, self.path = "127.0.0.1", free_ports(1)[0], "/predict"
+        if seed:
+            self.name = "baseline-seed"
+            cmd = ["bench.baselines.seed_app", "--weights", str(weights), "--port", str(self.port)]
+        else:
+            self.name = "baseline" + (f"-t{threads}" if threads else "") + ("-pool" if threadpool else "")
+            cmd = ["bench.baselines.fastapi_app", "--weights", str(weights), "--port", str(self.port),
+                   "--threads", str(threads), *(["--threadpool"] if threadpool else [])]
         self.headers = {}
         self.log = open(workdir / f"{self.name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.baselines.fastapi_app", "--weights", str(weights), "--port", str(self.port),
-             "--threads", str(threads), *(["--threadpool"] if threadpool else [])],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", *cmd],
+                                     cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 120
         while True:
@@ -196,7 +203,7 @@ class Baseline(Target):
 def variant_model_config(overrides: dict | Path) -> dict:
     if isinstance(overrides, Path):  # a whole model-config.yaml
         return yaml.safe_load(overrides.read_text())
-    cfg = yaml.safe_load(MODEL_CONFIG.read_text())
+    cfg = yaml.safe_load(EAGER_MODEL_CONFIG.read_text())
     handler = dict(cfg.get("handler") or {})
     for key, value in overrides.items():
         if key == "server":
@@ -214,9 +221,7 @@ def build_variant_mar(weights: Path, store: Path, overrides: dict, name: str = "
     cfg_path = store / f"{name}-model-config.yaml"
     cfg = variant_model_config(overrides)
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    runtime = cfg["handler"].get("runtime", "eager")
-    pte = [PTE_DIR / PTE_FILES[runtime]] if runtime in PTE_FILES else []
-    return build_mar(weights, store, name, cfg_path, pte)
+    return build_mar(weights, store, name, cfg_path)
 
 
 class TorchServe(Target):
@@ -391,6 +396,24 @@ def summarize_answers(levels: dict, truth: dict, reference: dict | None) -> dict
     return out, answers
 
 
+def goals(ours: dict, baseline: dict, levels: list[int]) -> dict:
+    """Issue 28's goals for the default server against the same-weights baseline, as measured here."""
+    out = {}
+    if 8 in levels:
+        ratio = ours["ratio_vs_baseline"]["8"]["req_per_s"]
+        out["req_per_s_at_c8_vs_baseline"] = {"goal": ">= 4x", "measured": ratio, "met": bool(ratio and ratio >= 4)}
+    if 1 in levels:
+        mine, theirs = ours["levels"]["1"]["p50_ms"], baseline["levels"]["1"]["p50_ms"]
+        out["p50_at_c1_ms"] = {"goal": "<= baseline", "measured": mine, "baseline": theirs,
+                               "met": bool(mine and theirs and mine <= theirs)}
+    # The baseline serves the eager fp32 model on the same images: its accuracy is fp32 eager's.
+    mine, theirs = ours["served_accuracy"], baseline["served_accuracy"]
+    if mine is not None and theirs is not None:
+        out["served_accuracy_vs_fp32_eager"] = {"goal": "within 0.5 pt", "measured": mine, "fp32_eager": theirs,
+                                                "met": abs(mine - theirs) <= 0.005}
+    return out
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -427,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the baseline with torch.set_num_threads(N) as a tuned reference (0: skip)")
     parser.add_argument("--baseline-pool", action="store_true",
                         help="also run the baseline with decode + forward in its thread pool (a `def` endpoint)")
+    parser.add_argument("--no-baseline-seed", dest="baseline_seed", action="store_false",
+                        help="skip the seed-style single-file app (it takes multipart uploads only)")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per level (upper bound)")
     parser.add_argument("--max-requests", type=int, default=20000,
@@ -436,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="uncounted requests before each level")
     parser.add_argument("--images", type=int, default=0, help="use only the first N test images (0: all)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: levels 1,8, 2 s / 40 requests each, 16 images, eager variant")
+                        help="smoke run: levels 1,8, 2 s / 40 requests each, 16 images")
     parser.add_argument("--request", choices=sorted(CONTENT_TYPES), default="multipart",
                         help="how the JPEG is sent, to every server alike")
     parser.add_argument("--out", default=str(REPO / "reports" / "bench_serve.json"))
@@ -446,8 +471,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.levels, args.duration, args.max_requests, args.warmup, args.images = "1,8", 2.0, 40, 4, 16
         args.baseline_threads, args.rounds = 0, 1
-        if args.variants == ",".join(DEFAULT_VARIANTS):
-            args.variants = "eager"
     levels = [int(c) for c in args.levels.split(",")]
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -474,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         baselines = [{}] + ([{"threads": args.baseline_threads}] if args.baseline_threads else [])
         baselines += [{"threadpool": True}] if args.baseline_pool else []
+        baselines += [{"seed": True}] if args.baseline_seed and args.request == "multipart" else []
         targets = []
         try:  # all up at once; an idle server costs next to no CPU
             for options in baselines:
@@ -493,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
             if target.name == "baseline":
                 reference = answers
             entry = {"levels": results[target.name], **summary}
+            if target.name == "baseline-seed":  # random weights: its answers measure speed only
+                entry = {"levels": entry["levels"], "weights": "random (the seed's ResNN at 192 px, untrained)"}
             if isinstance(target, TorchServe):
                 entry["model_config"] = target.config
                 if target.server_options:
@@ -510,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in servers.items():
         if name not in references:
             entry.update({f"ratio_vs_{ref}": ratios(entry, servers[ref]["levels"]) for ref in references})
+    if "ts-default" in servers and "baseline" in servers:
+        report["goals"] = goals(servers["ts-default"], servers["baseline"], levels)
     report["machine"]["loadavg_after"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -522,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {name}: " + "  ".join(f"C={c} {r[str(c)]['req_per_s']}x req/s, p50 x{r[str(c)]['p50']}"
                                           for c in levels) + f"  accuracy {entry['served_accuracy']}"
                 f" agreement {entry.get('agreement_with_baseline')}")
+    for name, goal in report.get("goals", {}).items():
+        log(f"  goal {name}: {goal['goal']}, measured {goal['measured']}: {'met' if goal['met'] else 'NOT met'}")
     return 0
 
 

@@ -7,12 +7,13 @@ model is loaded through model_src.bundle (sha256-checked, weights_only). A reque
 cannot be used gets its own 4xx status and a JSON error; the rest of the batch is answered normally.
 
 The runtime behind it is chosen in model-config.yaml (`handler: {runtime: ..., threads: N}`):
-  eager           the fp32 PyTorch model (default);
+  eager           the fp32 PyTorch model (serve_config/model-config.eager.yaml; the key's default);
   compile         the same model through torch.compile (inductor), compiled and warmed at load;
-  executorch      the XNNPACK fp32 .pte the phone runs (mobile_export), by the ExecuTorch runtime;
-  executorch_int8 the XNNPACK int8 .pte (PT2E static quantization, mobile_export).
-The .pte runtimes need the program and its hotdog.json packed in the archive (serving.archive --pte);
-they take uint8 NCHW images and do normalization and softmax in the graph. `threads` sets
+  executorch      the XNNPACK fp32 .pte the phone runs (exported/), by the ExecuTorch runtime;
+  executorch_int8 the XNNPACK int8 .pte (PT2E static quantization): the shipped default archive.
+serving.archive packs a .pte runtime's program and its hotdog.json; at load the handler checks both
+against the weights (sha256) and refuses a mismatch in one line. The .pte programs take uint8 NCHW
+images and do normalization and softmax in the graph. `threads` sets
 torch.set_num_threads (and the ExecuTorch threadpool) per worker. `jpeg_draft: true` decodes JPEGs at a
 reduced DCT scale that still covers the resize (model_src.preprocess.decode_image): about half the decode
 time, with slightly different pixels, so it is off unless a config turns it on.
@@ -33,7 +34,8 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 import model_src
-from model_src.bundle import load_bundle, sha256_file
+from model_src import LOAD_REFUSED
+from model_src.bundle import PROGRAMS_FILE, PTE_PROGRAMS, BundleError, check_programs, load_bundle
 from model_src.preprocess import HOTDOG_LABEL, ImageError, decode_image, image_to_tensor, image_to_uint8
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,6 @@ RUNTIMES = ("eager", "compile", "executorch", "executorch_int8")
 # The `handler:` keys of model-config.yaml read here. Any other key stops the model loading, so a
 # misspelt option cannot silently leave its default in place.
 HANDLER_OPTIONS = ("runtime", "threads", "jpeg_draft")
-PTE_METADATA = "hotdog.json"
-PTE_PROGRAMS = {"executorch": "xnnpack_fp32", "executorch_int8": "xnnpack_int8"}
 # Every metric value and INFO line a worker logs is a line the Java frontend parses, and Prometheus keeps
 # only a gauge's last value: so gauges go out at most once a second per worker and the per-batch
 # "Backend received" line not at all (about 5% of server CPU per request; docs/serving-performance.md).
@@ -110,6 +110,13 @@ def request_bytes(row: dict) -> bytes:
 
 class HotdogHandler(BaseHandler):
     def initialize(self, context):
+        try:
+            self._initialize(context)
+        except (BundleError, ValueError, RuntimeError) as e:
+            # One line the server start-up reports (serving.server), instead of retrying until its timeout.
+            raise RuntimeError(f"{LOAD_REFUSED} {e}") from None
+
+    def _initialize(self, context):
         props = context.system_properties
         gpu_id = props.get("gpu_id")
         if torch.cuda.is_available() and gpu_id is not None:
@@ -167,18 +174,12 @@ class HotdogHandler(BaseHandler):
         """The packed .pte's forward, after checking it is the program hotdog.json names, from these weights."""
         from executorch.runtime import Runtime
 
-        meta_path = os.path.join(model_dir, PTE_METADATA)
-        if not os.path.exists(meta_path):
-            raise RuntimeError(f"runtime {self.runtime} needs {PTE_METADATA} and the .pte in the archive "
-                               "(build it with `python -m serving.archive --pte ...`)")
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta["source_weights"]["sha256"] != self.bundle_manifest["weights_sha256"]:
-            raise RuntimeError("the packed .pte was exported from other weights: re-run `make export`")
+        if not os.path.exists(os.path.join(model_dir, PROGRAMS_FILE)):
+            raise RuntimeError(f"runtime {self.runtime} needs {PROGRAMS_FILE} and the .pte in the archive "
+                               "(serving.archive packs them for an executorch runtime)")
+        meta = check_programs(model_dir, self.bundle_manifest["weights_sha256"], [key])
         entry = meta["programs"][key]
         path = os.path.join(model_dir, entry["file"])
-        if sha256_file(path) != entry["sha256"]:
-            raise RuntimeError(f"{entry['file']} does not match the sha256 in {PTE_METADATA}")
         if threads:
             from executorch.extension.pybindings import portable_lib
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from mobile_export.export import (DEFAULT_OUT, FP32_FILE, INT8_FILE, REPO, ExportError, MobileClassifier, _display,
-                                  load_uint8_batch)
-from mobile_export.parity import load_forward, verified_metadata
+                                  load_uint8_batch, verify_exported)
+from mobile_export.parity import load_forward
 from model_src.bundle import BundleError, load_bundle
 from model_src.cli import run_cli
 
@@ -65,7 +65,7 @@ def bench(weights: str | Path, out: str | Path, image: str | Path, runs: int, wa
     except BundleError as e:
         raise ExportError(str(e)) from None
     out = Path(out)
-    max_batch = verified_metadata(out, manifest)["input"]["batch"]["max"]
+    max_batch = verify_exported(out, manifest, check_exporter=False)["input"]["batch"]["max"]
     x, kept, skipped = load_uint8_batch([Path(image)], spec)
     if not kept:
         raise ExportError(f"cannot read benchmark image: {skipped[0]}")

@@ -1,6 +1,6 @@
 """Export a trained-model folder to ExecuTorch `.pte` files for iOS: `python -m mobile_export.export`.
 
-Writes into one folder (default mobile_export/out/):
+Writes into one folder (default exported/, committed: the shipped programs, like weights/):
   hotdog_xnnpack_fp32.pte  XNNPACK, float32, dynamic batch 1..max_batch
   hotdog_xnnpack_int8.pte  XNNPACK, PT2E int8 (per-channel symmetric weights), calibrated on training images
   hotdog_coreml.pte        Core ML delegate, fp16 compute, iOS 17+, batch 1
@@ -29,18 +29,21 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
-from model_src.bundle import BundleError, load_bundle, read_data_files, sha256_file
+from model_src.bundle import PROGRAMS_FILE, BundleError, check_programs, load_bundle, read_data_files, sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_uint8
 from training.data import REPO_ROOT as REPO, SHARED_DATA
 
-DEFAULT_OUT = REPO / "mobile_export" / "out"
+DEFAULT_OUT = REPO / "exported"
 DEFAULT_CALIB_DATA = SHARED_DATA / "train"
 SWIFT_CONSTANTS = REPO / "mobile_export" / "ios" / "Hotdog" / "PreprocessConstants.swift"
-METADATA_FILE = "hotdog.json"
+METADATA_FILE = PROGRAMS_FILE
 FP32_FILE, INT8_FILE, COREML_FILE = "hotdog_xnnpack_fp32.pte", "hotdog_xnnpack_int8.pte", "hotdog_coreml.pte"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 FORMAT_VERSION = 1
+DEFAULT_MAX_BATCH, DEFAULT_CALIB_IMAGES, DEFAULT_SEED = 32, 256, 0
+# The code whose change changes the programs' bytes (besides the weights and the calibration photos).
+EXPORTER_SOURCES = (Path(__file__).resolve(), REPO / "model_src" / "resnn.py")
 
 
 class ExportError(RuntimeError):
@@ -206,6 +209,42 @@ def load_uint8_batch(paths: list[Path], spec: PreprocessSpec) -> tuple[torch.Ten
     return batch, kept, skipped
 
 
+# ---------------------------------------------------------------- exporter fingerprint and verification
+
+def exporter_settings(max_batch: int = DEFAULT_MAX_BATCH, calib_images: int = DEFAULT_CALIB_IMAGES,
+                      seed: int = DEFAULT_SEED) -> dict:
+    """Everything besides the weights and the calibration photos that decides the programs' bytes."""
+    import executorch.version
+
+    return {"format_version": FORMAT_VERSION, "max_batch": max_batch, "calib_images": calib_images, "seed": seed,
+            "torch": torch.__version__, "executorch": executorch.version.__version__,
+            "sources_sha256": {_display(p): sha256_file(p) for p in EXPORTER_SOURCES}}
+
+
+def settings_fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def verify_exported(out: str | Path, manifest: dict, check_exporter: bool = True) -> dict:
+    """hotdog.json, after checking that every program is the file it describes, exported from these
+    weights (manifest: the weights' manifest.json) and, with check_exporter, by the current exporter
+    (its defaults). A mismatch is one line naming both hashes."""
+    try:
+        meta = check_programs(out, manifest["weights_sha256"])
+    except BundleError as e:
+        raise ExportError(str(e)) from None
+    if check_exporter:
+        recorded = meta.get("exporter", {})
+        current = exporter_settings()
+        if recorded.get("fingerprint") != settings_fingerprint(current):
+            changed = sorted(k for k in set(current) | set(recorded.get("settings", {}))
+                             if current.get(k) != recorded.get("settings", {}).get(k))
+            raise ExportError(f"{Path(out) / METADATA_FILE} was written by other exporter settings (fingerprint "
+                              f"{recorded.get('fingerprint')}, the current exporter's is "
+                              f"{settings_fingerprint(current)}; changed: {', '.join(changed)}): run `make export`")
+    return meta
+
+
 # ---------------------------------------------------------------- metadata and the iOS constants
 
 def _display(path: Path) -> str:
@@ -302,7 +341,7 @@ def parse_swift_constants(text: str) -> dict:
     return values
 
 
-def build_metadata(spec: PreprocessSpec, manifest: dict, weights: Path, programs: dict, max_batch: int) -> dict:
+def build_metadata(spec: PreprocessSpec, manifest: dict, weights: Path, programs: dict, settings: dict) -> dict:
     import executorch.version
 
     size = spec.input_size
@@ -322,7 +361,7 @@ def build_metadata(spec: PreprocessSpec, manifest: dict, weights: Path, programs
             "channels": "RGB",
             "value_range": [0, 255],
             "shape": ["batch", 3, size, size],
-            "batch": {"min": 1, "max": max_batch, "note": "coreml program: batch 1 only"},
+            "batch": {"min": 1, "max": settings["max_batch"], "note": "coreml program: batch 1 only"},
             "app_preprocessing": [
                 "decode; apply EXIF orientation; transparency composited on white",
                 f"resize the shorter side to {spec.resize_size} ({spec.interpolation}), keep aspect",
@@ -341,11 +380,12 @@ def build_metadata(spec: PreprocessSpec, manifest: dict, weights: Path, programs
             "decision_rule": "argmax",
         },
         "programs": programs,
+        "exporter": {"settings": settings, "fingerprint": settings_fingerprint(settings)},
     }
 
 
-def export_all(weights: str | Path, out: str | Path, calib_data: str | Path, calib_images: int = 256,
-               seed: int = 0, max_batch: int = 32, swift_path: str | Path | None = SWIFT_CONSTANTS,
+def export_all(weights: str | Path, out: str | Path, calib_data: str | Path, calib_images: int = DEFAULT_CALIB_IMAGES,
+               seed: int = DEFAULT_SEED, max_batch: int = DEFAULT_MAX_BATCH, swift_path: str | Path | None = SWIFT_CONSTANTS,
                log=print) -> dict:
     """Write the three .pte files, hotdog.json and (optionally) the Swift constants; return the metadata."""
     if max_batch < 2:
@@ -392,7 +432,8 @@ def export_all(weights: str | Path, out: str | Path, calib_data: str | Path, cal
                                         compute_precision="float16", minimum_deployment_target="iOS17",
                                         batch={"min": 1, "max": 1}, cpu_ops=list(COREML_CPU_OPS))
 
-    text = json.dumps(build_metadata(spec, manifest, weights, programs, max_batch), indent=2) + "\n"
+    text = json.dumps(build_metadata(spec, manifest, weights, programs,
+                                     exporter_settings(max_batch, calib_images, seed)), indent=2) + "\n"
     (out / METADATA_FILE).write_text(text)
     metadata = json.loads(text)  # return exactly what an app reads
     if swift_path is not None:
@@ -414,9 +455,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for .pte files and hotdog.json")
     parser.add_argument("--calib-data", default=str(DEFAULT_CALIB_DATA),
                         help="training ImageFolder root (data_files.txt paths are relative to it)")
-    parser.add_argument("--calib-images", type=int, default=256, help="int8 calibration sample size")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
-    parser.add_argument("--max-batch", type=int, default=32, help="largest batch of the XNNPACK programs")
+    parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, help="int8 calibration sample size")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the calibration sample")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of the XNNPACK programs")
     parser.add_argument("--swift", default=str(SWIFT_CONSTANTS), help="PreprocessConstants.swift to regenerate")
     parser.add_argument("--swift-only", action="store_true", help="only regenerate the Swift constants (seconds)")
     args = parser.parse_args(argv)

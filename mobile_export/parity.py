@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mobile_export.export import (COREML_FILE, DEFAULT_OUT, FP32_FILE, INT8_FILE, METADATA_FILE, REPO, _display,
-                                  ExportError, load_uint8_batch, sha256_file)
+                                  ExportError, load_uint8_batch, sha256_file, verify_exported)
 from model_src.bundle import BundleError, load_bundle
 from model_src.cli import run_cli
 from model_src.preprocess import normalize
@@ -48,22 +48,6 @@ def eager_probs(model, spec, images: torch.Tensor, batch_size: int = 64) -> torc
                       for i in range(0, len(images), batch_size)])
 
 
-def verified_metadata(out: Path, manifest: dict) -> dict:
-    """hotdog.json, after checking that the .pte files are the ones it describes and come from these weights."""
-    meta_path = out / METADATA_FILE
-    if not meta_path.exists():
-        raise ExportError(f"no {METADATA_FILE} in {out}: run `make export` first")
-    meta = json.loads(meta_path.read_text())
-    for key, entry in meta["programs"].items():
-        path = out / entry["file"]
-        if not path.exists() or sha256_file(path) != entry["sha256"]:
-            raise ExportError(f"{path} is missing or does not match the sha256 in {meta_path}: re-run `make export`")
-    if meta["source_weights"]["sha256"] != manifest["weights_sha256"]:
-        raise ExportError(f"{out} was exported from other weights (sha256 {meta['source_weights']['sha256'][:12]}…, "
-                          f"these are {manifest['weights_sha256'][:12]}…): re-run `make export`")
-    return meta
-
-
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
     return (probs.argmax(1) == y).float().mean().item() if len(y) else 0.0
 
@@ -77,7 +61,7 @@ def parity_report(weights: str | Path, out: str | Path, data: str | Path) -> dic
         model, spec, manifest = load_bundle(weights)
     except BundleError as e:
         raise ExportError(str(e)) from None
-    meta = verified_metadata(out, manifest)
+    meta = verify_exported(out, manifest, check_exporter=False)
     max_batch = meta["input"]["batch"]["max"]
     samples, _ = scan_image_folder(data, spec.labels)
     images, kept, skipped = load_uint8_batch([s.path for s in samples], spec)

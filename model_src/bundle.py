@@ -16,6 +16,9 @@ from model_src.preprocess import PreprocessSpec
 from model_src.resnn import ResNN, build_model
 
 MANIFEST_FILE = "manifest.json"
+PROGRAMS_FILE = "hotdog.json"  # written by mobile_export/export.py beside the .pte files it describes
+# The handler's ExecuTorch runtimes (model-config.yaml `handler: runtime:`) -> their program in PROGRAMS_FILE.
+PTE_PROGRAMS = {"executorch": "xnnpack_fp32", "executorch_int8": "xnnpack_int8"}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -47,6 +50,32 @@ def read_data_files(folder: str | Path) -> list[tuple[str, str, str]]:
     """The rows write_data_files wrote: (split, path relative to the data root, source)."""
     listing = Path(folder) / "data_files.txt"
     return [tuple(line.split("\t")) for line in listing.read_text().splitlines() if line]
+
+
+def check_programs(folder: str | Path, weights_sha256: str, keys: list[str] | None = None) -> dict:
+    """The PROGRAMS_FILE of `folder`, after checking that its programs (all, or those named in `keys`)
+    are the files it records and were exported from the weights with this sha256. A mismatch raises
+    one line naming both hashes."""
+    folder = Path(folder)
+    meta_path = folder / PROGRAMS_FILE
+    if not meta_path.exists():
+        raise BundleError(f"no {PROGRAMS_FILE} in {folder}: run `make export`")
+    meta = json.loads(meta_path.read_text())
+    exported_from = meta["source_weights"]["sha256"]
+    if exported_from != weights_sha256:
+        raise BundleError(f"the programs in {folder} were exported from weights sha256 {exported_from}, "
+                          f"but the weights are sha256 {weights_sha256}: run `make export`")
+    for key in keys if keys is not None else list(meta["programs"]):
+        entry = meta["programs"][key]
+        path = folder / entry["file"]
+        if not path.exists():
+            raise BundleError(f"{path} is missing ({PROGRAMS_FILE} records sha256 {entry['sha256']}): "
+                              "run `make export`")
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise BundleError(f"{path} has sha256 {actual}, but {PROGRAMS_FILE} records {entry['sha256']}: "
+                              "run `make export`")
+    return meta
 
 
 def load_bundle(folder: str | Path, device: str | torch.device = "cpu"

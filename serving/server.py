@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from model_src import LOAD_REFUSED
 from serving.config import (CONFIG, KEY_FILE, LOG_CONFIG, MAR, MODEL_NAME, REPO, RUN_DIR, ServeConfig,
                             ServeError, read_keys)
 
@@ -117,6 +118,19 @@ def _log_tail(workdir: Path, lines: int = 25) -> str:
     return ""
 
 
+def _refusal(model_log: Path, offset: int) -> str | None:
+    """The handler's one-line reason for refusing to load (model_src.bundle.LOAD_REFUSED), if the
+    worker logged one after `offset`: the worker would only retry the same load until the timeout."""
+    try:
+        with open(model_log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    at = text.find(LOAD_REFUSED)
+    return text[at:].splitlines()[0].strip() if at >= 0 else None
+
+
 @dataclass
 class Server:
     cfg: ServeConfig
@@ -170,6 +184,8 @@ def start(cfg: ServeConfig | None = None, workdir: Path = REPO, tmpdir: Path = R
     tmpdir.mkdir(parents=True, exist_ok=True)
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     (workdir / KEY_FILE).unlink(missing_ok=True)  # a stale key file would be read as the new keys
+    model_log = workdir / "logs" / "model_log.log"
+    log_offset = model_log.stat().st_size if model_log.exists() else 0  # earlier runs' lines do not count
     cmd = [str(Path(sys.executable).parent / "torchserve"), "--start", "--ncs",
            "--model-store", str(mar.parent), "--models", f"{model}={mar.name}",
            "--ts-config", str(cfg.path.resolve()), "--log-config", str(LOG_CONFIG)]
@@ -196,6 +212,10 @@ def start(cfg: ServeConfig | None = None, workdir: Path = REPO, tmpdir: Path = R
             raise ServeError(f"TorchServe could not load {mar.name} as {model}{_log_tail(workdir, 40)}")
         if "READY" in states:
             return server
+        refused = _refusal(model_log, log_offset)
+        if refused:
+            stop(workdir, tmpdir)
+            raise ServeError(f"TorchServe could not load {mar.name}: {refused}")
         if time.monotonic() > deadline:
             stop(workdir, tmpdir)
             raise ServeError(f"model {model} not READY after {timeout:.0f} s (workers: {states or 'none'})"

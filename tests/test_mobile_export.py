@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO, SAMPLE
 from mobile_export import bench, export, parity
-from model_src.bundle import read_data_files, write_data_files
+from model_src.bundle import read_data_files, sha256_file, write_data_files
 from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec, normalize
 from model_src.resnn import build_model
 
@@ -227,14 +227,20 @@ def test_committed_ios_sample_matches_shipped_weights_and_executorch():
 def test_parity_refuses_a_stale_or_tampered_export(exported, tiny_weights, tmp_path):
     out, _ = exported
     manifest = json.loads((tiny_weights / "manifest.json").read_text())
-    with pytest.raises(export.ExportError, match="other weights"):
-        parity.verified_metadata(out, {**manifest, "weights_sha256": "0" * 64})
+    with pytest.raises(export.ExportError, match=f"were exported from weights sha256 {manifest['weights_sha256']}, "
+                                                 f"but the weights are sha256 {'0' * 64}"):
+        export.verify_exported(out, {**manifest, "weights_sha256": "0" * 64}, check_exporter=False)
     tampered = tmp_path / "out"
     shutil.copytree(out, tampered)
     with open(tampered / export.FP32_FILE, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(export.ExportError, match="does not match the sha256"):
-        parity.verified_metadata(tampered, manifest)
+    recorded = json.loads((out / export.METADATA_FILE).read_text())["programs"]["xnnpack_fp32"]["sha256"]
+    actual = sha256_file(tampered / export.FP32_FILE)
+    with pytest.raises(export.ExportError, match=f"has sha256 {actual}, but hotdog.json records {recorded}"):
+        export.verify_exported(tampered, manifest, check_exporter=False)
+    # Exported with other settings (this fixture's small calibration) than the exporter's defaults.
+    with pytest.raises(export.ExportError, match="other exporter settings .*changed: calib_images"):
+        export.verify_exported(out, manifest)
 
 
 def test_bench_reports_all_three_variants(exported, tiny_weights, tmp_path):

@@ -1,10 +1,12 @@
 """The handler's runtimes (model-config.yaml `handler: {runtime, threads}`) on a real TorchServe, and the
 side-by-side load generator in --quick mode. No timing is asserted: speed is measured by `make bench-serve`.
 
-Each runtime test builds an archive with that runtime (the .pte exported from the shipped weights here),
-serves the sample photos to it, several at once so they share a batch, and compares every answer with
-the eager fp32 model offline.
+Each runtime test builds an archive with that runtime (the shipped .pte files of exported/), serves the
+sample photos to it, several at once so they share a batch, and compares every answer with the eager
+fp32 model offline. The stale-program tests change a copy of exported/ or of hotdog.mar, never the
+shipped files.
 """
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,7 +20,7 @@ import yaml
 
 from conftest import REPO, SAMPLE, logs_of_a_failed_load, serve_config_copy
 from bench import serve_load
-from model_src.bundle import load_bundle
+from model_src.bundle import load_bundle, sha256_file
 from model_src.preprocess import bytes_to_tensor, decode_image, image_to_tensor
 from serving import server
 from serving.archive import MODEL_CONFIG
@@ -36,25 +38,6 @@ def eager_probs():
             out[path.name + path.parent.name] = torch.softmax(model(bytes_to_tensor(path.read_bytes(), spec)[None]),
                                                               dim=1)[0].tolist()
     return spec.labels, out
-
-
-@pytest.fixture(scope="module")
-def pte_dir(tmp_path_factory):
-    """The phone's .pte files for the shipped weights, exported here so the suite needs no ../shared:
-    int8 calibrates on the sample's training-split photos (x*.jpg), never on its test-split ones."""
-    from mobile_export.export import export_all
-
-    base = tmp_path_factory.mktemp("pte")
-    weights, calib, out = base / "weights", base / "calib", base / "out"
-    # Without data_files.txt the export calibrates on every image under calib/ (the run's own train
-    # list names files under ../shared, which a clone may not have).
-    shutil.copytree(REPO / "weights", weights, ignore=shutil.ignore_patterns("data_files.txt"))
-    for path in SAMPLES:
-        if path.name.startswith("x"):
-            (calib / path.parent.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, calib / path.parent.name / path.name)
-    export_all(weights, out, calib, calib_images=64, max_batch=8, swift_path=None, log=lambda _: None)
-    return out
 
 
 def serve_all(tmp_path, overrides: dict, timeout: float = 180):
@@ -89,9 +72,7 @@ def serve_all(tmp_path, overrides: dict, timeout: float = 180):
     # inductor: the same computation; the worker compiles before it reports ready (minutes on 2 cores)
     ("compile", 1e-4, 1.0, 900),
 ])
-def test_runtime_agrees_with_eager(tmp_path, eager_probs, pte_dir, monkeypatch, runtime, max_diff, min_agreement,
-                                   startup_s):
-    monkeypatch.setattr(serve_load, "PTE_DIR", pte_dir)
+def test_runtime_agrees_with_eager(tmp_path, eager_probs, runtime, max_diff, min_agreement, startup_s):
     labels, expected = eager_probs
     answers, log = serve_all(tmp_path, {"runtime": runtime, "threads": 1, "maxBatchDelay": 20,
                                         "startupTimeout": startup_s}, timeout=startup_s + 60)
@@ -142,17 +123,19 @@ def test_a_bad_handler_option_stops_the_model_loading(tmp_path, handler, message
     assert message in logs_of_a_failed_load(tmp_path, mar)
 
 
-def test_bench_variants_named_after_the_shipped_int8_config_are_that_config():
-    shipped = serve_load.variant_model_config(serve_load.INT8_CONFIG)
-    for name in ("mar-int8-serialgc", "mar-int8-quiet"):
+def test_bench_variants_named_after_the_default_config_are_that_config():
+    shipped = serve_load.variant_model_config(MODEL_CONFIG)
+    assert serve_load.variant_model_config(serve_load.VARIANTS["default"]) == shipped
+    for name in ("default-serialgc", "default-quiet"):
         assert serve_load.variant_model_config(serve_load.VARIANTS[name]) == shipped
         assert serve_load.VARIANTS[name]["server"]  # and differ only in config.properties
 
 
 @pytest.mark.parametrize("request_format", ["multipart", "raw"])
 def test_bench_serve_quick(tmp_path, request_format):
-    """`make bench-serve` end to end, tiny: the FastAPI baseline and our TorchServe, one after the other,
-    with the JPEGs sent as an upload form and as the raw body (the form also to the thread-pool baseline)."""
+    """`make bench-serve` end to end, tiny: the FastAPI baselines and our TorchServe (default and eager),
+    with the JPEGs sent as an upload form and as the raw body (the form also to the thread-pool baseline
+    and to the seed-style app, which takes uploads only)."""
     out = tmp_path / "bench.json"
     pool = request_format == "multipart"
     # The sample photos, not ../shared: the suite runs on a bare clone.
@@ -162,7 +145,8 @@ def test_bench_serve_quick(tmp_path, request_format):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["request"]["format"] == request_format
-    assert set(report["servers"]) == {"baseline", "ts-eager", *(["baseline-pool"] if pool else [])}
+    assert set(report["servers"]) == {"baseline", "ts-default", "ts-eager",
+                                      *(["baseline-pool", "baseline-seed"] if pool else [])}
     for name, entry in report["servers"].items():
         for c in ("1", "8"):
             level = entry["levels"][c]
@@ -172,23 +156,111 @@ def test_bench_serve_quick(tmp_path, request_format):
             assert 0 < level["server_root_cpu_ms_per_req"] <= level["server_cpu_ms_per_req"]
     assert report["servers"]["ts-eager"]["agreement_with_baseline"] == 1.0  # same weights, same eager fp32
     assert report["servers"]["ts-eager"]["ratio_vs_baseline"]["8"]["req_per_s"] > 0
+    default = report["servers"]["ts-default"]
+    assert default["model_config"]["handler"]["runtime"] == "executorch_int8"
+    assert default["agreement_with_baseline"] >= 0.8  # int8 vs fp32 labels on 16 photos
+    goals = report["goals"]
+    assert goals["req_per_s_at_c8_vs_baseline"]["measured"] == default["ratio_vs_baseline"]["8"]["req_per_s"]
+    assert goals["served_accuracy_vs_fp32_eager"]["fp32_eager"] == report["servers"]["baseline"]["served_accuracy"]
     if pool:
+        seed = report["servers"]["baseline-seed"]
+        assert "random" in seed["weights"] and "served_accuracy" not in seed  # speed only
+        assert default["ratio_vs_baseline-seed"]["8"]["req_per_s"] > 0
         assert report["servers"]["baseline-pool"]["agreement_with_baseline"] == 1.0
         assert report["servers"]["ts-eager"]["ratio_vs_baseline-pool"]["8"]["req_per_s"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_the_int8_archive_is_re_exported_when_the_weights_change():
-    """make mar-int8 / bench-serve pack mobile_export/out's .pte; the handler refuses one exported from
-    other weights, so the export must count the weights (and the exporter) as its inputs."""
+def test_make_mar_packs_the_shipped_int8_program_and_rebuilds_when_it_changes():
+    """`make mar` is the int8 archive: serve_config/model-config.yaml runs executorch_int8 and the archive
+    carries exported/'s int8 .pte; a new export (or new weights) makes it stale."""
+    import zipfile
+
+    assert yaml.safe_load(MODEL_CONFIG.read_text())["handler"]["runtime"] == "executorch_int8"
     database = subprocess.run(["make", "-pn", "-C", str(REPO), "--no-print-directory", "nothing"],
                               capture_output=True, text=True).stdout
-    rule, = [line for line in database.splitlines() if line.startswith("mobile_export/out/hotdog.json:")]
+    rule, = [line for line in database.splitlines() if line.startswith("model_store/hotdog.mar:")]
     prerequisites = rule.split(":", 1)[1].split("|")[0].split()
-    assert {"weights/model.pt", "weights/manifest.json", "weights/preprocess.json",
-            "mobile_export/export.py"} <= set(prerequisites)
-    int8_rule, = [line for line in database.splitlines() if line.startswith("model_store/int8/hotdog.mar:")]
-    assert "mobile_export/out/hotdog.json" in int8_rule.split(":", 1)[1]
+    assert {"weights/model.pt", "exported/hotdog.json", "exported/hotdog_xnnpack_int8.pte"} <= set(prerequisites)
+    with zipfile.ZipFile(REPO / "model_store" / "hotdog.mar") as z:
+        packed = set(z.namelist())
+        assert yaml.safe_load(z.read("model-config.yaml"))["handler"]["runtime"] == "executorch_int8"
+    assert {"hotdog_xnnpack_int8.pte", "hotdog.json"} <= packed
+
+
+def _exported_copy(tmp_path):
+    copy = tmp_path / "exported"
+    shutil.copytree(REPO / "exported", copy)
+    return copy, json.loads((copy / "hotdog.json").read_text())
+
+
+def _build_mar(exported, tmp_path):
+    return subprocess.run([sys.executable, "-m", "serving.archive", "--exported", str(exported),
+                           "--store", str(tmp_path / "store")], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_make_mar_refuses_programs_from_other_weights_naming_both_hashes(tmp_path):
+    exported, meta = _exported_copy(tmp_path)
+    weights_sha = json.loads((REPO / "weights" / "manifest.json").read_text())["weights_sha256"]
+    meta["source_weights"]["sha256"] = "ab" * 32
+    (exported / "hotdog.json").write_text(json.dumps(meta))
+    done = _build_mar(exported, tmp_path)
+    assert done.returncode != 0 and not (tmp_path / "store" / "hotdog.mar").exists()
+    error, = done.stderr.strip().splitlines()  # one line
+    assert f"exported from weights sha256 {'ab' * 32}, but the weights are sha256 {weights_sha}" in error
+    assert "make export" in error
+
+
+def test_make_mar_refuses_a_changed_program_or_exporter_naming_both_hashes(tmp_path):
+    from mobile_export.export import exporter_settings, settings_fingerprint
+
+    exported, meta = _exported_copy(tmp_path)
+    with open(exported / "hotdog_xnnpack_int8.pte", "ab") as f:
+        f.write(b"\0")
+    done = _build_mar(exported, tmp_path)
+    recorded = meta["programs"]["xnnpack_int8"]["sha256"]
+    error, = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and f"but hotdog.json records {recorded}" in error
+    assert sha256_file(exported / "hotdog_xnnpack_int8.pte") in error
+
+    exported, meta = _exported_copy(tmp_path / "again")
+    meta["exporter"]["settings"]["max_batch"] = 16  # as if exported by other settings
+    meta["exporter"]["fingerprint"] = settings_fingerprint(meta["exporter"]["settings"])
+    (exported / "hotdog.json").write_text(json.dumps(meta))
+    done = _build_mar(exported, tmp_path / "again")
+    error, = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and "changed: max_batch" in error
+    assert meta["exporter"]["fingerprint"] in error and settings_fingerprint(exporter_settings()) in error
+
+
+def test_a_stale_program_inside_the_archive_is_refused_at_load_and_make_serve_fails(tmp_path):
+    """The handler checks the packed .pte itself: an archive carrying another program never reaches
+    READY, and `make serve` says why in one line and exits non-zero, well before the start-up timeout."""
+    import time
+    import zipfile
+
+    mar = tmp_path / "store" / "hotdog.mar"
+    mar.parent.mkdir()
+    with zipfile.ZipFile(REPO / "model_store" / "hotdog.mar") as zin, zipfile.ZipFile(mar, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "hotdog_xnnpack_int8.pte":
+                data = data + b"\0"
+                tampered_sha = hashlib.sha256(data).hexdigest()
+            zout.writestr(item, data)
+    recorded = json.loads((REPO / "exported" / "hotdog.json").read_text())["programs"]["xnnpack_int8"]["sha256"]
+    cfg = serve_config_copy(tmp_path)
+    (tmp_path / "work").mkdir()
+    where = [f"SERVE_MAR={mar}", f"SERVE_CONFIG={cfg.path}", f"SERVE_WORKDIR={tmp_path / 'work'}",
+             f"SERVE_TMPDIR={tmp_path / 'tmp'}"]
+    start = time.monotonic()
+    done = subprocess.run(["make", "-s", "-C", str(REPO), "serve", *where], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert time.monotonic() - start < SHIPPED_STARTUP_S  # it did not wait for a READY that never comes
+    error = [line for line in done.stderr.splitlines() if "hotdog model refused:" in line]
+    assert error and f"has sha256 {tampered_sha}, but hotdog.json records {recorded}" in error[0], done.stderr
+    assert not server._read_pid(tmp_path / "tmp")  # nothing left running
 
 
 def test_an_answer_without_a_label_is_an_error_not_a_success():

@@ -1,4 +1,7 @@
-"""A real TorchServe serving model_store/hotdog.mar (session fixture `torchserve` in conftest.py)."""
+"""A real TorchServe serving model_store/hotdog.mar (session fixture `torchserve` in conftest.py).
+
+Answers are compared with bench.parity.offline_predictor: what the default archive's model-config
+serves (its runtime, the int8 .pte by the ExecuTorch runtime, and its decode), computed in this process."""
 import base64
 import json
 import os
@@ -16,7 +19,6 @@ import torch
 import imagegen
 from conftest import REPO, SAMPLE, serve_config_copy
 from model_src.bundle import load_bundle
-from model_src.preprocess import bytes_to_tensor
 from bench import parity
 from serving import grpc_client, server
 from serving.config import MAR, read_keys
@@ -31,6 +33,13 @@ def eager():
     return model, spec, manifest
 
 
+@pytest.fixture(scope="module")
+def offline():
+    """(decode, forward) of the default archive's runtime, without TorchServe."""
+    _, decode, forward = parity.offline_predictor(REPO / "weights")
+    return decode, forward
+
+
 def post(ts, data=None, content_type="application/octet-stream", headers=None, **kw):
     headers = {**ts.inference_headers(), "Content-Type": content_type, **(headers or {})}
     if "files" in kw or "json" in kw:
@@ -39,11 +48,9 @@ def post(ts, data=None, content_type="application/octet-stream", headers=None, *
                          timeout=60, **kw)
 
 
-def expected_probs(eager, data: bytes) -> dict:
-    model, spec, _ = eager
-    with torch.no_grad():
-        p = torch.softmax(model(bytes_to_tensor(data, spec)[None]), dim=1)[0].tolist()
-    return dict(zip(spec.labels, p))
+def expected_probs(eager, offline, data: bytes) -> dict:
+    decode, forward = offline
+    return dict(zip(eager[1].labels, forward([decode(data)])[0].tolist()))
 
 
 def assert_prediction(body, probs: dict, eager):
@@ -73,18 +80,18 @@ def worker_pids(ts):
 
 
 @pytest.mark.parametrize("fmt", list(imagegen.format_variants()))
-def test_http_predicts_every_format(torchserve, eager, fmt):
+def test_http_predicts_every_format(torchserve, eager, offline, fmt):
     data = imagegen.format_variants()[fmt]
     r = post(torchserve, data)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
-    assert_prediction(r.json(), expected_probs(eager, data), eager)
+    assert_prediction(r.json(), expected_probs(eager, offline, data), eager)
 
 
-def test_multipart_and_base64_json(torchserve, eager):
+def test_multipart_and_base64_json(torchserve, eager, offline):
     jpeg = SAMPLES[0].read_bytes()
     b64 = base64.b64encode(jpeg).decode()
-    probs = expected_probs(eager, jpeg)
+    probs = expected_probs(eager, offline, jpeg)
     for r in (post(torchserve, files={"file": ("photo.jpg", jpeg, "image/jpeg")}),
               post(torchserve, json={"data": b64}),
               post(torchserve, json={"image": "data:image/jpeg;base64," + b64})):
@@ -92,7 +99,7 @@ def test_multipart_and_base64_json(torchserve, eager):
         assert_prediction(r.json(), probs, eager)
 
 
-def test_concurrent_batch_with_bad_items(torchserve, eager):
+def test_concurrent_batch_with_bad_items(torchserve, eager, offline):
     bad = imagegen.bad_inputs(eager[1].max_pixels)
     good = [p.read_bytes() for p in SAMPLES[:8]]
     # Bad items in the middle of the burst, so they land in batches with good ones.
@@ -111,7 +118,7 @@ def test_concurrent_batch_with_bad_items(torchserve, eager):
                 mixed |= int(r.headers["X-Batch-Size"]) > len(bad)
             else:
                 assert r.status_code == 200, body
-                assert_prediction(body, expected_probs(eager, data), eager)
+                assert_prediction(body, expected_probs(eager, offline, data), eager)
         if mixed:
             break
     assert mixed, "no bad item shared a batch with good ones in 3 concurrent bursts"
@@ -120,23 +127,27 @@ def test_concurrent_batch_with_bad_items(torchserve, eager):
     assert r.status_code == 200 and worker_pids(torchserve) == pids
 
 
-def test_served_equals_offline_evaluation(torchserve, eager):
+def test_served_equals_offline_evaluation(torchserve, eager, offline):
+    """Served in batches (concurrent requests) == the same runtime offline, photo by photo; and the int8
+    runtime's labels mostly agree with the eager fp32 model's (the accuracy gap: make bench-serve)."""
     model, spec, _ = eager
-    offline, kept, skipped = predict_files(model, spec, SAMPLES)
+    probs_offline, kept, skipped = parity.offline_files(*offline, SAMPLES, spec.labels)
     assert kept == list(range(len(SAMPLES))) and not skipped
+    fp32, _, _ = predict_files(model, spec, SAMPLES)
+    assert (fp32.argmax(1) == probs_offline.argmax(1)).float().mean() >= 0.8
     responses = concurrently(lambda p: post(torchserve, p.read_bytes(), "image/jpeg"), SAMPLES)
-    for path, r, probs in zip(SAMPLES, responses, offline.tolist()):
+    for path, r, probs in zip(SAMPLES, responses, probs_offline.tolist()):
         assert r.status_code == 200, (path, r.text)
         body = r.json()
         assert body["label"] == spec.labels[max(range(len(probs)), key=probs.__getitem__)]
         assert [body["probabilities"][c] for c in spec.labels] == pytest.approx(probs, abs=1e-5), path
 
 
-def test_grpc_predict(torchserve, eager):
+def test_grpc_predict(torchserve, eager, offline):
     key = torchserve.keys["inference"]
     target = torchserve.cfg.grpc_inference_target
     jpeg = SAMPLES[-1].read_bytes()
-    assert_prediction(grpc_client.predict_bytes(jpeg, target, key), expected_probs(eager, jpeg), eager)
+    assert_prediction(grpc_client.predict_bytes(jpeg, target, key), expected_probs(eager, offline, jpeg), eager)
     # The gRPC API has no per-request status: the handler's error JSON is the answer.
     answer = grpc_client.predict_bytes(b"not an image", target, key)
     assert answer["status"] == 415 and "not an image" in answer["error"]
