@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 import requests
-import torch
 from PIL import Image
 
-from model_src.bundle import load_bundle
-from model_src.preprocess import bytes_to_tensor
+from model_src.bundle import read_manifest
 from serving.config import MODEL_NAME, REPO
 
 SAMPLE = REPO / "tests" / "data" / "sample"
@@ -218,17 +216,19 @@ def transports(case: Case) -> list[str]:
 # --- running a case ------------------------------------------------------------------------------
 
 class Reference:
-    """Eager-model probabilities for any bytes, computed the way evaluation computes them."""
+    """Probabilities for any bytes as the default archive serves them (its runtime and decode, run
+    offline by bench.parity.offline_predictor)."""
 
     def __init__(self, weights: Path = REPO / "weights"):
-        self.model, self.spec, self.manifest = load_bundle(weights)
+        from bench.parity import offline_predictor
+
+        self.manifest = read_manifest(weights)
         self.version = self.manifest["weights_sha256"][:12]
+        self.spec, self._decode, self._forward = offline_predictor(weights)
 
     @lru_cache(maxsize=64)
     def probs(self, data: bytes) -> dict[str, float]:
-        with torch.no_grad():
-            p = torch.softmax(self.model(bytes_to_tensor(data, self.spec)[None]), dim=1)[0].tolist()
-        return dict(zip(self.spec.labels, p))
+        return dict(zip(self.spec.labels, self._forward([self._decode(data)])[0].tolist()))
 
 
 def _together(fns: list[Callable]) -> list:
@@ -296,7 +296,7 @@ def _problems_with_prediction(body: dict, expected: dict, ref: Reference, tol: f
 
 
 def run_case(srv, case: Case, transport: str, ref: Reference, pids: Callable[[], list[int]],
-             attempts: int = 3) -> dict:
+             attempts: int = 10) -> dict:
     """Send `case` between two good photos at once; return what was observed and every problem found."""
     data, good = case.make(), good_jpeg()
     good_probs = ref.probs(good)

@@ -110,9 +110,10 @@ class Load:
             time.sleep(0.1)
 
 
-def _ready_worker(srv) -> dict | None:
+def _ready_worker(srv, exclude: set[int] = frozenset()) -> dict | None:
+    """A READY worker whose pid is not in `exclude` (the workers that were there before the fault)."""
     try:
-        return next((w for w in workers(srv) if w.get("status") == "READY"), None)
+        return next((w for w in workers(srv) if w.get("status") == "READY" and w["pid"] not in exclude), None)
     except (requests.RequestException, ValueError):
         return None
 
@@ -134,6 +135,7 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
     old = _ready_worker(srv)
     assert old, "no READY worker before the fault"
     pid = old["pid"]
+    before_fault = {w["pid"] for w in workers(srv)}  # with several workers, the others stay up
     with Load(srv, images, threads, client_timeout) as load:
         time.sleep(warmup)
         # The fault must land on a worker that is serving: on a loaded machine the first answers can
@@ -143,8 +145,8 @@ def inject(srv, fault: str, images: list[bytes], threads: int = 4, warmup: float
         os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         new_ready_at, new_pid = None, None
         while load.now() - t_fault < max_wait:
-            w = _ready_worker(srv)
-            if w and w["pid"] != pid:
+            w = _ready_worker(srv, before_fault)
+            if w:
                 new_ready_at, new_pid = load.now(), w["pid"]
                 break
             time.sleep(0.1)

@@ -5,11 +5,14 @@ replaces the worker, only requests in flight at the fault fail (with a 5xx, neve
 client timeout), and the load is served again by the new worker. No timing is asserted.
 """
 import pytest
+import yaml
 
 from bench import faults
+from conftest import REPO
 from bench.harness import private_server, worker_pids
 
 THREADS = 3
+WORKERS = yaml.safe_load((REPO / "serve_config" / "model-config.yaml").read_text())["minWorkers"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def test_worker_fault_recovers_without_hang(fault_server, fault):
                            client_timeout=30.0)
     assert result["requests_before_fault"] > 0
     assert result["new_worker_pid"] and result["new_worker_pid"] != result["old_worker_pid"], result
-    assert worker_pids(fault_server) == [result["new_worker_pid"]]
+    pids = worker_pids(fault_server)  # the replacement beside the workers that were not hit
+    assert result["new_worker_pid"] in pids and result["old_worker_pid"] not in pids and len(pids) == WORKERS
     assert result["probe_after_new_worker"]["status"] == 200, result  # served again, no server hang
     # What can be lost: per client thread, the request in flight at the fault and the one it sends while
     # the worker is being replaced. TorchServe answers those 507 once the new worker is up, but in about

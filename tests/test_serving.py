@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -223,6 +224,7 @@ def test_per_batch_log_lines_are_cut_to_the_batch_histogram(torchserve):
     """Gauges (ours and TorchServe's HandlerTime/PredictionTime) go out at most once a second per worker,
     TorchServe's per-batch "Backend received inference" line not at all; every batch is still counted."""
     gauges = ("HotdogDecodeMs", "HotdogInferenceMs", "HandlerTime", "PredictionTime")
+    time.sleep(1.1)  # past every worker's gauge interval, so each worker's next batch logs its gauges
     before = {name: len(metric_lines(torchserve, name)) for name in (*gauges, "HotdogBatchSize")}
     for path in SAMPLES * 2:  # one request after the other: a batch each
         assert post(torchserve, path.read_bytes()).status_code == 200
