@@ -49,6 +49,12 @@ def latency_summary(latencies: list[float]) -> dict:
             "max": round(max(latencies), 1), "mean": round(statistics.fmean(latencies), 1)}
 
 
+def workers_rss_mb(pids: list[int]) -> float | None:
+    """Resident memory of all the model's workers together, None if one of them is gone."""
+    sizes = [rss_mb(pid) for pid in pids]
+    return None if None in sizes else round(sum(sizes), 1)
+
+
 def soak(srv, images: list[bytes], n: int, concurrency: int, timeout: float = 60.0,
          samples: int = 10) -> dict:
     url = f"{srv.cfg.inference_url}/predictions/{MODEL_NAME}"
@@ -57,7 +63,7 @@ def soak(srv, images: list[bytes], n: int, concurrency: int, timeout: float = 60
     lock = threading.Lock()
     latencies, statuses, rss_series = [], Counter(), []
     done = [0]
-    pid = worker_pids(srv)[0]
+    pids = sorted(worker_pids(srv))
 
     def client():
         session = requests.Session()
@@ -79,8 +85,8 @@ def soak(srv, images: list[bytes], n: int, concurrency: int, timeout: float = 60
                 done[0] += 1
 
     def sampler(stop: threading.Event):
-        while not stop.wait(max(1.0, n / 400)):
-            rss_series.append({"requests_done": done[0], "worker_rss_mb": rss_mb(pid),
+        while not stop.wait(max(0.5, n / 2000)):
+            rss_series.append({"requests_done": done[0], "worker_rss_mb": workers_rss_mb(pids),
                                "frontend_rss_mb": rss_mb(srv.pid)})
 
     batches0, reqs0 = batch_counters(srv.cfg)
@@ -103,7 +109,7 @@ def soak(srv, images: list[bytes], n: int, concurrency: int, timeout: float = 60
         "wall_s": round(wall, 1), "requests_per_s": round(n / wall, 1),
         "latency_ms": latency_summary(latencies),
         "mean_batch_size": round((reqs1 - reqs0) / max(1.0, batches1 - batches0), 2),
-        "worker_pid": pid, "worker_pid_unchanged": worker_pids(srv) == [pid],
+        "worker_pids": pids, "worker_pids_unchanged": sorted(worker_pids(srv)) == pids,
         "rss_series": rss_series,
     }
 
@@ -123,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--warmup must be 0 or more (got {args.warmup})")
     images, source = test_images(Path(args.data))
     with private_server() as srv:
-        pid = worker_pids(srv)[0]
-        rss_loaded = rss_mb(pid)
+        pids = sorted(worker_pids(srv))
+        rss_loaded = workers_rss_mb(pids)
         soak(srv, images, args.warmup, args.concurrency)
-        rss_start, fe_start = rss_mb(pid), rss_mb(srv.pid)
+        rss_start, fe_start = workers_rss_mb(pids), rss_mb(srv.pid)
         result = soak(srv, images, args.requests, args.concurrency)
-        rss_end, fe_end = rss_mb(pid), rss_mb(srv.pid)
+        rss_end, fe_end = workers_rss_mb(pids), rss_mb(srv.pid)
     series = [s["worker_rss_mb"] for s in result["rss_series"] if s["worker_rss_mb"]]
     report = {
         "images": len(images), "image_source": source, "warmup_requests": args.warmup, **result,
