@@ -69,6 +69,28 @@ def test_distilled_run_learns_from_the_teachers_views_and_counts_their_cost(samp
     assert "teacher" not in json.loads((plain / "manifest.json").read_text())
 
 
+def test_online_teacher_labels_the_students_own_pixels(sample_tree, tmp_path):
+    from model_src.preprocess import PreprocessSpec, normalize
+    from training.teacher import Teacher, features_and_imagenet_logits
+
+    backbone, head = load_pretrained_lite0(), torch.nn.Linear(1280, 2)
+    teacher = Teacher(None, None, head, {}, backbone, size=64, temperature=2.0)
+    spec = PreprocessSpec(labels=["hot_dog", "not_hot_dog"], input_size=48, resize_size=56)
+    pixels = sample_batch(48)
+    with torch.no_grad():
+        expected = head(features_and_imagenet_logits(backbone, pixels, 64)[0]).div(2.0).softmax(-1)
+    got = teacher.online_targets(normalize(pixels, spec), spec)
+    assert torch.allclose(got, expected, atol=1e-4)  # the student's normalization undone exactly
+
+    base = ["--data", str(sample_tree), "--epochs", "2", *TINY_TRAIN_ARGS, *TINY_TEACHER_ARGS]
+    fixed = train.main([*base, "--out", str(tmp_path / "fixed")])
+    online = train.main([*base, "--teacher-online", "true", "--out", str(tmp_path / "online")])
+    manifest = json.loads((online / "manifest.json").read_text())
+    assert manifest["teacher_labels"] == "online" and manifest["arch"]["name"] == "ResNN"
+    losses = [json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["train_loss"] for run in (fixed, online)]
+    assert losses[0] != pytest.approx(losses[1], abs=1e-4)  # new views, not the cached crops
+
+
 def test_teacher_cannot_be_combined_with_self_distill(sample_tree, tmp_path, capsys):
     code = train.cli(["--data", str(sample_tree), "--out", str(tmp_path / "run"), *TINY_TRAIN_ARGS,
                       *TINY_TEACHER_ARGS, "--self-distill", "0.5"])

@@ -75,6 +75,9 @@ class TrainConfig:
     teacher_views: int = 6
     teacher_size: int = 160
     teacher_temperature: float = 1.0
+    # Online: the teacher labels the student's own augmented batch at every step (one Lite0 forward per
+    # image per step; the K cached views then only fit its head), so the student never sees a view twice.
+    teacher_online: bool = False
     distill_weight: float = 0.7
     # Augmentation
     crop_scale_min: float = 0.25

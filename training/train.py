@@ -223,14 +223,15 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoc
         size = cfg.train_sizes[min(len(cfg.train_sizes) - 1, int(progress * len(cfg.train_sizes)))]
         idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size][ranks.rank * local_batch:][:local_batch]
         step_start = clock()
-        views = None if teacher is None else torch.randint(0, cfg.teacher_views, (len(idx),), generator=g)
-        x = augment(images[idx], size, g, None if teacher is None else teacher.boxes[idx, views])
+        fixed_views = teacher is not None and teacher.backbone is None
+        views = torch.randint(0, cfg.teacher_views, (len(idx),), generator=g) if fixed_views else None
+        x = augment(images[idx], size, g, teacher.boxes[idx, views] if fixed_views else None)
         x = x.to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
         target = y
         mixed = cfg.cutmix > 0 and torch.rand(1, generator=g).item() < cfg.cutmix
         if teacher is not None:
-            soft = teacher.targets(idx, views).to(device)
+            soft = teacher.targets(idx, views).to(device) if fixed_views else teacher.online_targets(x, augment.spec)
             target = (1 - cfg.distill_weight) * F.one_hot(y, soft.shape[1]).float() + cfg.distill_weight * soft
         elif mixed:
             x, target = cutmix(x, y, unwrap(model).head.out_features, g)
