@@ -130,6 +130,12 @@ predict-grpc: grpc-stubs
 bench-serve: setup
 	$(PY) -m bench.serve_load --weights $(WEIGHTS) --data $(TEST_DATA) $(BENCH_ARGS)
 
+# CPU per request inside a worker (handler steps vs TorchServe's Python side), from the built archive
+# -> reports/handler_cost.json: read it beside bench-serve's server CPU per request.
+.PHONY: bench-handler
+bench-handler: mar
+	$(PY) -m bench.handler_cost --data $(TEST_DATA)
+
 # Every test/ image through the running server vs offline evaluation -> reports/serve_parity.json.
 serve-parity: setup
 	$(PY) -m bench.parity --data $(TEST_DATA) --weights $(WEIGHTS) --out reports/serve_parity.json $(CLIENT_ARGS)

@@ -171,6 +171,21 @@ def test_bench_serve_quick(tmp_path, request_format):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_bench_handler_times_the_shipped_archive_as_a_worker_loads_it(tmp_path):
+    subprocess.run(["make", "-s", "mar"], cwd=REPO, check=True, capture_output=True, timeout=300)
+    out = tmp_path / "handler_cost.json"
+    done = subprocess.run([sys.executable, "-m", "bench.handler_cost", "--data", str(SAMPLE), "--batches", "1,4",
+                           "--rounds", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["runtime"] == "executorch_int8" and report["worker_threads"] == 1 and report["jpeg_draft"]
+    for batch, row in report["cpu_ms_per_request_by_batch"].items():
+        assert row["requests"] == len(SAMPLES) - len(SAMPLES) % int(batch) == row["answered"]
+        assert min(row["preprocess_ms"], row["inference_ms"], row["postprocess_ms"]) > 0
+        steps = row["preprocess_ms"] + row["inference_ms"] + row["postprocess_ms"]
+        assert row["total_ms"] == pytest.approx(steps + row["torchserve_python_ms"])
+
+
 def test_make_mar_packs_the_shipped_int8_program_and_rebuilds_when_it_changes():
     """`make mar` is the int8 archive: serve_config/model-config.yaml runs executorch_int8 and the archive
     carries exported/'s int8 .pte; a new export (or new weights) makes it stale."""
