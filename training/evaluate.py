@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from model_src.bundle import BundleError, load_bundle, read_manifest, sha256_file
 from model_src.cli import run_cli
-from model_src.preprocess import ImageError, PreprocessSpec, decode_image, image_to_tensor
+from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_tensor
 from model_src.resnn import inference_gflops
 from training.data import SHARED_DATA, DataError, scan_image_folder
 from training.plots import plot_confusion, plot_curves
@@ -73,9 +74,12 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
     return ((greater + 0.5 * ties) / (len(pos) * len(neg))).item()
 
 
-def classification_report(y_true: torch.Tensor, probs: torch.Tensor, labels: tuple[str, ...]) -> dict:
-    """Accuracy, per-class precision/recall/F1, confusion matrix (rows = true) and ROC AUC, argmax rule."""
-    k = len(labels)
+def classification_metrics(probs: torch.Tensor, y_true: torch.Tensor, labels: tuple[str, ...] | list[str],
+                           sources: list[str] | None = None) -> dict:
+    """The evaluation figures of (N, K) probabilities against N true class indices, argmax rule: accuracy,
+    per-class precision/recall/F1, confusion matrix (rows = true, columns = predicted), ROC AUC of the
+    hot dog class (two classes only) and, given each photo's source, accuracy per source."""
+    k, n = len(labels), len(y_true)
     y_pred = probs.argmax(dim=1)
     confusion = torch.zeros(k, k, dtype=torch.long)
     for t, p in zip(y_true.tolist(), y_pred.tolist()):
@@ -88,15 +92,22 @@ def classification_report(y_true: torch.Tensor, probs: torch.Tensor, labels: tup
         recall = tp / actual if actual else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    correct = y_pred == y_true
     report = {
-        "n": len(y_true),
-        "accuracy": (y_pred == y_true).float().mean().item() if len(y_true) else 0.0,
+        "n": n,
+        "accuracy": correct.sum().item() / n if n else 0.0,
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
         "decision_rule": "argmax",
     }
-    if k == 2:  # AUC of the first class (hot_dog) against the rest
-        report["roc_auc"] = roc_auc(probs[:, 0], y_true == 0)
+    if k == 2:
+        positive = list(labels).index(HOTDOG_LABEL) if HOTDOG_LABEL in labels else 0
+        report["roc_auc"] = roc_auc(probs[:, positive], y_true == positive)
+    if sources is not None:
+        report["per_source"] = {}
+        for source in sorted(set(sources)):
+            mask = torch.tensor([s == source for s in sources])
+            report["per_source"][source] = {"n": int(mask.sum()), "accuracy": correct[mask].sum().item() / int(mask.sum())}
     return report
 
 
@@ -111,14 +122,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     model, spec, manifest = load_model_folder(args.weights)
     data = Path(args.data)
-    samples, _ = scan_image_folder(data, spec.labels)
+    saved = Path(args.weights) / "config.yaml"  # a run's own source patterns name each photo's source
+    run_cfg = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else {}
+    samples, _ = scan_image_folder(data, spec.labels, run_cfg.get("source_patterns"),
+                                   run_cfg.get("default_source", "default"))
     probs, kept, skipped = predict_files(model, spec, [s.path for s in samples], args.batch_size)
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image(s):", *skipped, sep="\n  ", file=sys.stderr)
     if not kept:
         raise DataError(f"no readable images in {data}")
     y_true = torch.tensor([samples[i].label for i in kept])
-    report = classification_report(y_true, probs, spec.labels)
+    report = classification_metrics(probs, y_true, spec.labels, [samples[i].source for i in kept])
     name = args.name or data.name
     report.update(split=name, data=str(data), skipped=skipped, weights_sha256=manifest["weights_sha256"],
                   input_size=spec.input_size, gflops_per_image=round(inference_gflops(model, spec.input_size), 4),
