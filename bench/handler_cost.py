@@ -21,7 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from bench.soak import test_images
+from bench.reports import repo_relative, test_images
 from mobile_export.bench import _cpu_model
 from serving.config import MAR, MODEL_NAME, REPO
 from training.data import SHARED_DATA
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mar", type=Path, default=MAR, help="archive to load (default: make mar's)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "test",
-                        help="ImageFolder split of JPEGs (falls back to the tests' sample)")
+                        help="ImageFolder split of JPEGs (without it: the tests' sample, reported to build/reports/)")
     parser.add_argument("--batches", default="1,4,8", help="batch sizes, comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the images; the fastest counts")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "handler_cost.json")
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.mar.exists():
         print(f"error: {args.mar} not found: run `make mar` first", file=sys.stderr)
         return 2
-    images, data = test_images(args.data)
+    images, data, out = test_images(args.data, args.out)
     batches = [int(b) for b in args.batches.split(",")]
     with tempfile.TemporaryDirectory(prefix="hotdog-handler-cost-") as tmp:
         with zipfile.ZipFile(args.mar) as archive:
@@ -122,14 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         service = load_service(Path(tmp), max(batches))
         handler = service._entry_point.__self__
         rows = {str(b): cost_per_request(service, images, b, args.rounds) for b in batches}
-    report = {"mar": str(args.mar), "data": data, "images": len(images), "cpu": _cpu_model(),
+    report = {"mar": repo_relative(args.mar), "data": data, "images": len(images), "cpu": _cpu_model(),
               "runtime": handler.runtime, "worker_threads": __import__("torch").get_num_threads(),
               "jpeg_draft": handler.draft_min_side is not None, "cpu_ms_per_request_by_batch": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
     for b, row in rows.items():
         print(f"batch {b}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith("_ms")))
-    print(f"wrote {args.out}")
+    print(f"wrote {repo_relative(out)}")
     return 0
 
 

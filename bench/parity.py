@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -21,16 +20,19 @@ import requests
 import torch
 import yaml
 
+from bench.reports import repo_relative
+from handlers.hotdog_handler import PROB_DECIMALS
 from mobile_export.export import DEFAULT_OUT as EXPORTED
 from model_src.bundle import PTE_PROGRAMS, check_programs, load_bundle
 from model_src.preprocess import ImageError, decode_image, image_to_tensor, image_to_uint8
 from serving.archive import MODEL_CONFIG
 from serving.config import CONFIG, MODEL_NAME, REPO, InferenceKey, ServeConfig, ServeError, http_key_refused
 from serving.http_client import predict_bytes
-from training.data import SHARED_DATA, DataError, scan_image_folder
+from training.data import DataError, data_split, scan_image_folder
 from training.evaluate import predict_files
 
-TOLERANCE = 1e-5  # float32 reductions may differ in the last bits between batch compositions
+# float32 reductions may differ in the last bits between batch compositions; answers carry PROB_DECIMALS.
+TOLERANCE = 1e-5 + 0.5 * 10 ** -PROB_DECIMALS
 
 
 def offline_predictor(weights: Path, model_config: Path = MODEL_CONFIG, exported: Path = EXPORTED):
@@ -128,7 +130,7 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
                          "rebuild and restart (`make stop && make serve`)")
 
     offline_row = {i: row for row, i in enumerate(kept)}
-    served_errors = {str(paths[i]): a for i, a in enumerate(answers) if isinstance(a, str)}
+    served_errors = {repo_relative(paths[i]): a for i, a in enumerate(answers) if isinstance(a, str)}
     both = [i for i in kept if isinstance(answers[i], dict)]
     # Shaped (images, classes) even when nothing was served, so the comparisons below stay defined.
     served = torch.tensor([[answers[i]["probabilities"][c] for c in spec.labels] for i in both],
@@ -141,19 +143,19 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
     served_pred = torch.tensor([spec.labels.index(answers[i]["label"]) for i in served_ok])
     served_true = torch.tensor([samples[i].label for i in served_ok])
     report = {
-        "data": str(data),
-        "weights": str(weights),
+        "data": repo_relative(data),
+        "weights": repo_relative(weights),
         "model_version": version,
         "input_size": spec.input_size,
         "images": len(paths),
         "compared": len(both),
         "label_agreement": agree.mean().item() if both else 0.0,
-        "disagreements": [str(paths[both[k]]) for k in torch.nonzero(agree == 0).flatten().tolist()],
+        "disagreements": [repo_relative(paths[both[k]]) for k in torch.nonzero(agree == 0).flatten().tolist()],
         "max_abs_prob_diff": max_dp,
         "tolerance": TOLERANCE,
         "served_accuracy": (served_pred == served_true).float().mean().item() if served_ok else 0.0,
         "offline_accuracy": (reference.argmax(1) == y_true).float().mean().item() if both else 0.0,
-        "offline_reference": os.path.relpath(model_config, REPO),
+        "offline_reference": repo_relative(model_config),
         "fp32_eager_accuracy": (fp32.argmax(1) == torch.tensor([samples[i].label for i in fp32_kept])).float()
                                .mean().item() if fp32_kept else 0.0,
         "served_errors": served_errors,
@@ -170,7 +172,7 @@ def run(data: Path, weights: Path, cfg: ServeConfig, workdir: Path, concurrency:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(SHARED_DATA / "test"))
+    parser.add_argument("--data", help="(default: <data home>/hotdog/test)")
     parser.add_argument("--weights", default=str(REPO / "weights"))
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--workdir", default=str(REPO), help="where the server wrote key_file.json")
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "reports" / "serve_parity.json"))
     args = parser.parse_args(argv)
     try:
-        report = run(Path(args.data), Path(args.weights), ServeConfig.load(args.config), Path(args.workdir),
+        report = run(Path(args.data) if args.data else data_split("test"), Path(args.weights), ServeConfig.load(args.config), Path(args.workdir),
                      args.concurrency, Path(args.model_config))
     except (ServeError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

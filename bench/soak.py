@@ -21,17 +21,8 @@ import requests
 from serving.config import MODEL_NAME, REPO
 from bench.harness import private_server, rss_mb, worker_pids
 from bench.parity import batch_counters
+from bench.reports import test_images
 from training.data import SHARED_DATA
-
-SAMPLE = REPO / "tests" / "data" / "sample"
-
-
-def test_images(data: Path) -> tuple[list[bytes], str]:
-    paths = sorted(Path(data).glob("*/*.jpg"))
-    if not paths:
-        paths, data = sorted(SAMPLE.glob("*/*.jpg")), SAMPLE
-    return [p.read_bytes() for p in paths], str(data)
-
 
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (nearest rank); None for no values (nothing was timed)."""
@@ -127,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--requests and --concurrency must be at least 1 (got {args.requests}, {args.concurrency})")
     if args.warmup < 0:
         parser.error(f"--warmup must be 0 or more (got {args.warmup})")
-    images, source = test_images(Path(args.data))
+    images, source, out = test_images(args.data, args.out)
     with private_server() as srv:
         pids = sorted(worker_pids(srv))
         rss_loaded = workers_rss_mb(pids)
@@ -146,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1_5_15_min_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
         "cpu_count": __import__("os").cpu_count(),
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rss_series"}, indent=2))

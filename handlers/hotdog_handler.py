@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 # Field names tried first for the image; any other single field (multipart) is accepted as well.
 IMAGE_FIELDS = ("data", "body", "image", "file")
 BATCH_HEADER = "X-Batch-Size"
+PROB_DECIMALS = 4  # what a caller can use; float32's 16 printed digits are noise
 RUNTIMES = ("eager", "compile", "executorch", "executorch_int8")
 # The `handler:` keys of model-config.yaml read here. Any other key stops the model loading, so a
 # misspelt option cannot silently leave its default in place.
@@ -255,6 +256,9 @@ class HotdogHandler(BaseHandler):
                 continue
             p = item.tolist()
             best = max(range(len(p)), key=p.__getitem__)
+            # The best one takes the remainder, so the rounded probabilities still sum to 1.
+            p = [round(x, PROB_DECIMALS) for x in p]
+            p[best] = round(1 - sum(x for i, x in enumerate(p) if i != best), PROB_DECIMALS)
             answers.append(json.dumps({
                 "label": self.labels[best],
                 "is_hotdog": self.labels[best] == HOTDOG_LABEL,
