@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ def java_command() -> str:
 
 
 def check_ports_free(cfg: ServeConfig) -> None:
-    """Fail before starting, with the port's name, if anything already listens on one of them."""
+    """Fail before starting, naming each taken port and the process that holds it."""
     taken = []
     for name, (host, port) in cfg.listen_ports().items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -63,10 +64,30 @@ def check_ports_free(cfg: ServeConfig) -> None:
             try:
                 s.bind((host, port))
             except OSError:
-                taken.append(f"{port} ({name}, {host})")
+                taken.append(f"{port} ({name}, {host}{_holder(port)})")
     if taken:
         raise ServeError(f"port already in use: {', '.join(taken)}. Stop what is listening there "
-                         f"(`make stop` if it is this project's server) or change the port in {cfg.path}")
+                         f"or change the port in {cfg.path}")
+
+
+def _holder(port: int) -> str:
+    """', held by pid N (what it runs)' for the process listening on `port`, '' if it cannot be seen."""
+    try:
+        pids = {c.pid for c in psutil.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
+    except psutil.Error:  # another user's sockets need privileges on some systems
+        return ""
+    for pid in sorted(pids):
+        try:
+            proc = psutil.Process(pid)
+            if FRONTEND_MAIN in proc.cmdline():
+                workdir = Path(proc.cwd())
+                stop_it = "make stop" + ("" if workdir == REPO else f" SERVE_WORKDIR={workdir}")
+                return f", held by pid {pid}: a TorchServe started in {workdir}; `{stop_it}` stops it"
+            return f", held by pid {pid}: {' '.join(proc.cmdline())[:80] or proc.name()}"
+        except psutil.Error:
+            return f", held by pid {pid}"
+    return ""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -109,6 +130,25 @@ def _read_pid(tmpdir: Path) -> int | None:
     return None
 
 
+def started_in(workdir: Path) -> list[int]:
+    """TorchServe frontends whose working directory is `workdir`, however they were started: by
+    `make serve` (pid file under .serve/tmp) or by hand (`.venv/bin/torchserve --start` from the repo
+    root, pid file in the system TMPDIR). The working directory is where each wrote key_file.json."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        if FRONTEND_MAIN in (proc.info["cmdline"] or []) and proc.info["cwd"] and Path(proc.info["cwd"]) == workdir:
+            if _pid_alive(proc.pid):
+                found.append(proc.pid)
+    return sorted(found)
+
+
+def running_pids(workdir: Path, tmpdir: Path) -> list[int]:
+    """Every TorchServe this checkout's `make serve`/`make stop` answer for: the pid file's, and any
+    other frontend started in workdir."""
+    pid = _read_pid(tmpdir)
+    return sorted({pid, *started_in(workdir)} - {None})
+
+
 def _log_tail(workdir: Path, lines: int = 25) -> str:
     for name in ("logs/ts_log.log", "logs/torchserve.out"):
         path = workdir / name
@@ -137,6 +177,7 @@ class Server:
     workdir: Path
     tmpdir: Path
     pid: int
+    already_running: bool = False  # start() found it up and READY, and left it as it was
 
     @property
     def keys(self) -> dict[str, str]:
@@ -169,14 +210,26 @@ def worker_states(cfg: ServeConfig, workdir: Path, model: str = MODEL_NAME) -> l
     return [w.get("status", "") for entry in r.json() for w in entry.get("workers", [])]
 
 
+def _ready(cfg: ServeConfig, workdir: Path, model: str) -> bool:
+    try:
+        return "READY" in (worker_states(cfg, workdir, model) or [])
+    except (ServeError, requests.RequestException, ValueError, KeyError):
+        return False
+
+
 def start(cfg: ServeConfig | None = None, workdir: Path = REPO, tmpdir: Path = RUN_DIR / "tmp",
           mar: Path = MAR, model: str = MODEL_NAME, timeout: float = 180.0) -> Server:
-    """Start TorchServe with `mar` registered as `model`, return once a worker is READY."""
+    """Start TorchServe with `mar` registered as `model`, return once a worker is READY.
+
+    A TorchServe already running from workdir with `model` READY is returned as it is (already_running)."""
     cfg = cfg or ServeConfig.load(CONFIG)
     workdir, tmpdir, mar = Path(workdir).resolve(), Path(tmpdir).resolve(), Path(mar).resolve()
-    running = _read_pid(tmpdir)
-    if running is not None:
-        raise ServeError(f"TorchServe is already running (pid {running}, state in {tmpdir}): `make stop` first")
+    running = running_pids(workdir, tmpdir)
+    if running:
+        if _ready(cfg, workdir, model):
+            return Server(cfg, workdir, tmpdir, running[0], already_running=True)
+        raise ServeError(f"TorchServe is already running (pid {', '.join(map(str, running))}, started in "
+                         f"{workdir}) but model {model} is not READY at {cfg.management_url}: `make stop` first")
     java_command()
     if not mar.exists():
         raise ServeError(f"{mar} not found: build it with `make mar`")
@@ -224,21 +277,38 @@ def start(cfg: ServeConfig | None = None, workdir: Path = REPO, tmpdir: Path = R
 
 
 def stop(workdir: Path = REPO, tmpdir: Path = RUN_DIR / "tmp", timeout: float = 30.0) -> bool:
-    """Stop the server whose pid file is under tmpdir; False if none was running."""
+    """Stop the server whose pid file is under tmpdir and any other TorchServe started in workdir;
+    False if none was running."""
     workdir, tmpdir = Path(workdir).resolve(), Path(tmpdir).resolve()
     pid = _read_pid(tmpdir)
-    if pid is None:
+    by_hand = [p for p in started_in(workdir) if p != pid]
+    if pid is None and not by_hand:
         (tmpdir / PID_FILE).unlink(missing_ok=True)
         return False
+    if pid is not None:
+        _stop_own(pid, workdir, tmpdir, timeout)
+    for other in by_hand:
+        _stop_by_hand(other, timeout)
+    (tmpdir / PID_FILE).unlink(missing_ok=True)
+    (workdir / KEY_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(map(_pid_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _stop_own(pid: int, workdir: Path, tmpdir: Path, timeout: float) -> None:
+    """A server start() launched: `torchserve --stop` with its TMPDIR, then its whole session's group."""
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
         pgid = None
     subprocess.run([str(Path(sys.executable).parent / "torchserve"), "--stop"], cwd=workdir,
                    env=_env(workdir, tmpdir), capture_output=True, timeout=60)
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    _wait_gone([pid], timeout)
     # The frontend stops its workers on SIGTERM; whatever is left of the group (a hung worker, or a
     # frontend that ignored SIGTERM) is killed so no process outlives `stop`.
     if pgid is not None and pgid != os.getpgid(0):
@@ -246,9 +316,30 @@ def stop(workdir: Path = REPO, tmpdir: Path = RUN_DIR / "tmp", timeout: float = 
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    (tmpdir / PID_FILE).unlink(missing_ok=True)
-    (workdir / KEY_FILE).unlink(missing_ok=True)
-    return True
+
+
+def _stop_by_hand(pid: int, timeout: float) -> None:
+    """A frontend started without start() (its group may be a shell's): SIGTERM as `torchserve --stop`
+    sends, then SIGKILL for it and its workers if they outlive the timeout; its pid file is removed."""
+    try:
+        frontend = psutil.Process(pid)
+        family = [frontend, *frontend.children(recursive=True)]
+        frontend.terminate()
+    except psutil.NoSuchProcess:
+        return
+    _wait_gone([p.pid for p in family], timeout)
+    for proc in family:
+        if _pid_alive(proc.pid):
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+    system_pid_file = Path(tempfile.gettempdir()) / PID_FILE
+    try:
+        if int(system_pid_file.read_text().split()[0]) == pid:
+            system_pid_file.unlink()
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"TorchServe is up (pid {server.pid}): model {MODEL_NAME} READY\n"
+    print(f"TorchServe is {'already ' if server.already_running else ''}up (pid {server.pid}): model {MODEL_NAME} READY\n"
           f"  inference  {cfg.inference_url}/predictions/{MODEL_NAME}\n"
           f"  gRPC       {cfg.grpc_inference_target}\n"
           f"  metrics    {cfg.metrics_url}/metrics\n"

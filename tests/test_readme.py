@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -63,24 +64,33 @@ def test_readme_curl_and_make_predict_commands_answer(torchserve, tmp_path):
         assert json.dumps(answers[0]["probabilities"]) in done.stdout, done.stdout
 
 
-def test_readme_plain_torchserve_command_serves_the_model(tmp_path):
-    """`torchserve --start ...` without make, with a free-port copy of the config and its own dirs."""
+def test_readme_plain_torchserve_command_serves_the_model_and_make_knows_it(tmp_path):
+    """`.venv/bin/torchserve --start ...` without make, as written (a free-port copy of the config, its
+    own directories, the venv's absolute path): the model gets READY; `make serve` from the same
+    directory says it is already up and answers; `make stop` stops it, found by its working directory."""
     from serving import server
     from serving.config import MAR, MODEL_NAME
 
-    command, = readme_commands("torchserve --start")
+    command, = readme_commands(".venv/bin/torchserve --start")
     cfg = serve_config_copy(tmp_path)
     workdir, tmpdir = tmp_path / "work", tmp_path / "tmp"
     workdir.mkdir()
     tmpdir.mkdir()
-    script = (command.replace("serve_config/config.properties", str(cfg.path))
+    script = (command.replace(".venv/bin/torchserve", f"{REPO}/.venv/bin/torchserve")
+              .replace("serve_config/config.properties", str(cfg.path))
               .replace("serve_config/log4j2.xml", str(REPO / "serve_config" / "log4j2.xml"))
               .replace("--model-store model_store", f"--model-store {MAR.parent}"))
-    env_script = f"export TMPDIR={tmpdir} TEMP={tmpdir} LOG_LOCATION={workdir}/logs METRICS_LOCATION={workdir}/logs\n"
+    # A user's shell: TorchServe's pid file goes to $TMPDIR, its logs beside the shell's working directory.
+    env = {**os.environ, "TMPDIR": str(tmpdir), "TEMP": str(tmpdir), "LOG_LOCATION": f"{workdir}/logs",
+           "METRICS_LOCATION": f"{workdir}/logs"}
+    where = [f"SERVE_CONFIG={cfg.path}", f"SERVE_WORKDIR={workdir}", f"SERVE_TMPDIR={tmp_path / 'make-tmp'}"]
+    pid = None
     try:
         # The launcher's children inherit its stdout: send it to a file, or waiting for EOF never ends.
-        started = bash(env_script + f"{REPO}/.venv/bin/{script} > {workdir}/torchserve.out 2>&1", workdir, timeout=60)
+        started = subprocess.run(["bash", "-c", f"{script} > {workdir}/torchserve.out 2>&1"], cwd=workdir,
+                                 env=env, timeout=60)
         assert started.returncode == 0, (workdir / "torchserve.out").read_text()
+        pid = int((tmpdir / server.PID_FILE).read_text())
         deadline = time.monotonic() + 180
         states: list[str] | None = []
         while "READY" not in (states or []) and time.monotonic() < deadline:
@@ -90,5 +100,62 @@ def test_readme_plain_torchserve_command_serves_the_model(tmp_path):
             except Exception:  # frontend not listening or key file not written yet
                 states = []
         assert "READY" in (states or []), f"model not READY: {states}"
+
+        again = make("serve", *where, env=env)
+        assert again.returncode == 0, again.stderr
+        assert f"TorchServe is already up (pid {pid})" in again.stdout and '"label": ' in again.stdout
     finally:
-        server.stop(workdir, tmpdir)
+        stopped = make("stop", *where, env=env)
+        if pid and server._pid_alive(pid):
+            server.stop(workdir, tmpdir)
+    assert stopped.returncode == 0 and "TorchServe stopped." in stopped.stdout, stopped.stdout + stopped.stderr
+    assert not server._pid_alive(pid)
+    assert not (tmpdir / server.PID_FILE).exists() and not (workdir / "key_file.json").exists()
+    assert "not running" in make("stop", *where, env=env).stdout
+
+
+def make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "--no-print-directory", "-C", str(REPO), *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_readme_answer_example_has_the_served_shape(torchserve):
+    """The README's example answer: the served keys, probabilities to 4 decimals summing to 1, the
+    confidence the top one, and the shipped model's version."""
+    example = json.loads(re.search(r"```json\n(.*?)\n```", README, flags=re.S).group(1))
+    status, served = predict(torchserve, PHOTO)
+    assert status == 200
+    for answer in (example, served):
+        assert list(answer) == ["label", "is_hotdog", "confidence", "probabilities", "model_version"]
+        probs = answer["probabilities"]
+        assert all(round(p, 4) == p for p in probs.values()) and abs(sum(probs.values()) - 1) < 1e-9, answer
+        assert answer["confidence"] == max(probs.values()) == probs[answer["label"]]
+        assert answer["is_hotdog"] == (answer["label"] == "hot_dog")
+    assert example["model_version"] == served["model_version"]
+    assert len(json.dumps(served)) <= len(json.dumps(example)) + 4  # no 16-digit floats
+
+
+def predict(server, photo) -> tuple[int, dict]:
+    from serving.http_client import predict_bytes
+
+    return predict_bytes(photo.read_bytes(), server.cfg.inference_url, server.keys["inference"])
+
+
+def test_make_help_lists_every_target_once():
+    """`make help`: one line per target the Makefile defines, each with a description."""
+    defined = set(re.findall(r"^([a-z][a-z0-9-]*):(?!=)", (REPO / "Makefile").read_text(), flags=re.M))
+    done = make("help")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    named = [line.split()[0] for line in lines if line.strip()]
+    assert sorted(named) == sorted(defined), set(named) ^ defined
+    assert all(len(line.split(None, 1)) == 2 for line in lines), lines
+
+
+def test_first_install_shows_progress():
+    """The first `make serve` installs gigabytes: pip must show its progress (no -q on that install),
+    and the README says what it costs."""
+    done = make("-n", "-B", ".venv/.installed")
+    installs = [line for line in done.stdout.splitlines() if "pip install" in line and " -e ." in line]
+    assert installs and not any(" -q" in line for line in installs), done.stdout
+    assert re.search(r"\*\*First run:\*\*.* GB on disk.* minutes", README.replace("\n", " "))

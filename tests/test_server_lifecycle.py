@@ -4,6 +4,7 @@ which files make hotdog.mar stale (serving/archive.py vs the Makefile), a soak w
 """
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -70,3 +71,24 @@ def test_soak_summary_of_no_requests():
     assert soak.percentile([], 50) is None
     assert soak.latency_summary([]) == dict.fromkeys(("p50", "p90", "p99", "max", "mean"))
     assert soak.latency_summary([3.0, 1.0, 2.0]) == {"p50": 2.0, "p90": 3.0, "p99": 3.0, "max": 3.0, "mean": 2.0}
+
+
+def test_a_port_held_by_another_program_is_named_with_its_pid(tmp_path):
+    """`make serve` refuses a taken port naming the process that holds it, before starting anything."""
+    cfg = config_copy(tmp_path)
+    host, port = cfg.listen_ports()["inference"]
+    holder = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", host],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not server._holder(port) and time.monotonic() < deadline:  # until it listens
+            time.sleep(0.1)
+        done = subprocess.run([sys.executable, "-m", "serving.server", "start", "--config", str(cfg.path),
+                               "--workdir", str(tmp_path), "--tmpdir", str(tmp_path / "tmp")],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2
+    assert f"port already in use: {port} (inference, {host}, held by pid {holder.pid}: " in done.stderr
+    assert "http.server" in done.stderr and not (tmp_path / "tmp" / server.PID_FILE).exists()

@@ -2,7 +2,7 @@
 
 Needs Debian's chromium and chromium-driver (`.ci/run.d/web-deps.sh` installs them). The browser
 emulates a phone (390x844 CSS px, touch, iPhone user agent). A screenshot of the phone screen with a
-verdict is saved to build/test-artifacts/web/ (docs/images/web_screenshot.png is a copy of it).
+verdict is saved to build/test-artifacts/web/ and, when it changed, to docs/images/web_screenshot.png.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ PHONE = {"width": 390, "height": 844, "pixelRatio": 2}
 IPHONE_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 "
              "(KHTML, like Gecko) Version/18.0 Mobile/15E148 Safari/604.1")
 WAIT_S = 20
+DOC_SCREENSHOT = REPO / "docs" / "images" / "web_screenshot.png"
 
 
 # ---- The proxy, as `make web` runs it -------------------------------------------------------------
@@ -253,6 +254,15 @@ def save_screenshot(driver, name: str) -> Path:
     return path
 
 
+def refresh_doc_screenshot(shot: Path) -> None:
+    """docs/web-page.md's picture is this test's hot dog screenshot: rewritten when its pixels differ
+    (a PNG re-encode alone leaves the committed file alone)."""
+    with Image.open(shot) as now:
+        pixels = now.convert("RGB").tobytes()
+    if not DOC_SCREENSHOT.exists() or Image.open(DOC_SCREENSHOT).convert("RGB").tobytes() != pixels:
+        shutil.copyfile(shot, DOC_SCREENSHOT)
+
+
 # ---- Ground truth: TorchServe asked directly ---------------------------------------------------
 
 
@@ -318,7 +328,7 @@ def test_phone_page_shows_hotdog_and_not_hotdog(browser, proxy, torchserve, clea
         shot = save_screenshot(browser, f"web_{label}.png")
         assert Image.open(shot).size == (PHONE["width"] * PHONE["pixelRatio"], PHONE["height"] * PHONE["pixelRatio"])
         if label == "hot_dog":
-            shutil.copyfile(shot, ARTIFACTS / "web_screenshot.png")
+            refresh_doc_screenshot(shot)
 
 
 def test_non_image_is_an_error_in_words(browser, proxy, tmp_path):
@@ -387,7 +397,8 @@ def test_server_down_and_page_server_gone_are_said_in_words(browser, torchserve,
         photo = SAMPLE / "hot_dog" / "x1.jpg"
         assert upload_with_camera_button(browser, photo) == "error"
         assert text(browser, "error-title") == "The hot dog server is down"
-        assert "make serve" in text(browser, "error-detail")
+        assert "not running" in text(browser, "error-detail")
+        assert not re.search(r"`|\bmake\b", text(browser, "error-detail"))  # words for a phone user, no commands
         save_screenshot(browser, "web_server_down.png")
         status, _, body = http_request(down.url, "POST", "/api/predict", photo.read_bytes())
         assert status == 503 and "not running" in json.loads(body)["error"]
@@ -562,3 +573,43 @@ def test_lan_flag_listens_on_all_interfaces(torchserve, tmp_path):
         assert bound == "0.0.0.0"
     finally:
         lan.stop()
+
+
+def test_proxy_takes_every_body_torchserve_takes(proxy, torchserve, tmp_path):
+    """Raw bytes, a multipart form (curl -F) and base64 JSON, as the README sends them to TorchServe:
+    the proxy gets the same answer for each as TorchServe gives for the raw bytes."""
+    photo = SAMPLE / "hot_dog" / "x1.jpg"
+    status, truth = served(torchserve, photo.read_bytes())
+    assert status == 200
+    url = f"{proxy.url}/api/predict"
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    (tmp_path / "body.json").write_text(json.dumps({"data": b64}))
+    forms = {
+        "raw": ["-H", "Content-Type: image/jpeg", "--data-binary", f"@{photo}"],
+        "multipart": ["-F", f"file=@{photo}"],
+        "base64 JSON": ["-H", "Content-Type: application/json", "--data-binary", f"@{tmp_path / 'body.json'}"],
+    }
+    for name, args in forms.items():
+        done = subprocess.run(["curl", "-sS", "--fail-with-body", *args, url], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, f"{name}: {done.stdout}{done.stderr}"
+        assert json.loads(done.stdout) == truth, name
+    doc = (REPO / "docs" / "web-page.md").read_text()
+    assert "multipart" in doc and "base64" in doc and "curl -F" in doc  # the doc says which bodies it takes
+
+
+def test_page_messages_name_no_developer_command():
+    """What the page can show a phone user is in words: no `make ...`, no backticks (app.js's messages,
+    and every string in the proxy's code that answers the page)."""
+    import ast
+
+    js = (REPO / "web" / "static" / "app.js").read_text()
+    shown = re.findall(r'"([^"\n]{20,})"', js) + re.findall(r"`([^`\n]{20,})`", js)  # strings, templates
+    tree = ast.parse((REPO / "web" / "proxy.py").read_text())
+    answering = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                 and node.name in ("predict", "_translate", "Handler")]
+    shown += [node.value for fn in answering for node in ast.walk(fn)
+              if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    assert len(shown) > 30 and any("not running" in m for m in shown)
+    offending = [m for m in shown if "`" in m or re.search(r"\bmake \w", m)]
+    assert not offending, offending

@@ -8,7 +8,8 @@ every browser that opens it. The browser talks only to this server, which
 
 * serves exactly three static files (index.html, app.js, style.css) and `GET /api/config`;
 * forwards `POST /api/predict` to TorchServe's `/predictions/<model>` (nothing else of TorchServe's
-  inference, management or metrics APIs is reachable), adding `Authorization: Bearer <inference key>`
+  inference, management or metrics APIs is reachable) in any body TorchServe takes: raw image bytes,
+  a multipart form (`curl -F file=@photo.jpg`) or JSON with the image in base64; adding `Authorization: Bearer <inference key>`
   read from TorchServe's key_file.json, and renewing that key with the API key when it expires
   (serving.config.InferenceKey, which the command-line clients share); over TLS when TorchServe's
   address is https://;
@@ -128,13 +129,12 @@ class Upstream:
         self.path = f"/predictions/{urllib.parse.quote(settings.model, safe='')}"
         self.token = InferenceKey(settings.key_file, settings.management_url)
 
-    def _post(self, body: bytes, key: str) -> tuple[int, bytes]:
+    def _post(self, body: bytes, key: str, content_type: str) -> tuple[int, bytes]:
         # TLS when TorchServe's address is https:// (README "Running exposed").
         conn = http_connection(self.settings.inference_url, self.settings.timeout_s)
         try:
-            # octet-stream: TorchServe hands the bytes to the handler untouched (text/* and JSON it would decode).
             conn.request("POST", self.path, body=body, headers={
-                "Content-Type": "application/octet-stream",
+                "Content-Type": upstream_content_type(content_type),
                 "Authorization": f"Bearer {key}",
             })
             resp = conn.getresponse()
@@ -142,18 +142,18 @@ class Upstream:
         finally:
             conn.close()
 
-    def predict(self, body: bytes) -> tuple[int, dict]:
-        down = ("The hot dog model server (TorchServe) is not running. "
-                "Start it with `make serve`, then try again.")
+    def predict(self, body: bytes, content_type: str = "application/octet-stream") -> tuple[int, dict]:
+        down = ("The hot dog model server is not running on the computer behind this page. "
+                "Start it there, then try again.")
         try:
             # An expired (or replaced) key is renewed and the photo sent once more.
-            status, raw = self.token.call(lambda key: self._post(body, key), http_key_refused)
+            status, raw = self.token.call(lambda key: self._post(body, key, content_type), http_key_refused)
         except TokenError as e:
             log.error("token: %s", e)
             if not self.token.key_file.exists():
                 return 503, _error(503, down)
-            return 502, _error(502, "The web server could not authenticate to the model server. "
-                                    "Restart `make web` after restarting TorchServe.")
+            return 502, _error(502, "This page lost its access to the model server (it was restarted). "
+                                    "Restart the page on the computer, then try again.")
         except (ConnectionRefusedError, ConnectionResetError, socket.gaierror) as e:
             log.warning("TorchServe unreachable at %s: %s", self.settings.inference_url, e)
             return 503, _error(503, down)
@@ -163,6 +163,15 @@ class Upstream:
             log.warning("TorchServe request failed: %s", e)
             return 502, _error(502, "The model server broke off the answer. Try again.")
         return _translate(status, raw, self.settings.model)
+
+
+def upstream_content_type(content_type: str) -> str:
+    """The Content-Type sent on to TorchServe. Multipart forms and JSON go as they came: TorchServe
+    takes the image out of the field, or the handler decodes the base64. Anything else goes as bytes
+    (octet-stream), so a photo sent with curl's default form encoding still reaches the handler whole."""
+    if content_type.split(";")[0].strip().lower() in ("multipart/form-data", "application/json"):
+        return content_type
+    return "application/octet-stream"
 
 
 def _error(status: int, message: str) -> dict:
@@ -187,7 +196,7 @@ def _translate(status: int, raw: bytes, model: str) -> tuple[int, dict]:
     message = body.get("message", "") if isinstance(body, dict) else ""
     if status == 404 and kind == "ModelNotFoundException":
         return 503, _error(503, f"The model server is running but the {model!r} model is not loaded. "
-                                "Restart it with `make stop serve`.")
+                                "Restart the model server on the computer, then try again.")
     if status == 413:
         return 413, _error(413, "The image is larger than the model server accepts.")
     if status in (500, 503, 507) or kind in ("ServiceUnavailableException",):
@@ -321,7 +330,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(body) != length:
             self.close_connection = True
             return self._access(started, len(body), "upload cut short")
-        status, answer = self.upstream.predict(body)
+        status, answer = self.upstream.predict(body, self.headers.get("Content-Type", ""))
         self._json(status, answer)
         self._access(started, length, answer.get("label") or answer.get("error"))
 

@@ -236,7 +236,7 @@
         throw new PageError("The server took too long", `No answer after ${config.timeout_s} seconds. Try again.`);
       }
       throw new PageError("Can't reach the server",
-        "Check that this device is on the same network as the computer running `make web`, and that it is still running.");
+        "Check that this device is on the same network as the computer serving this page, and that the page is still running there.");
     } finally {
       clearTimeout(timer);
     }
@@ -320,7 +320,7 @@
       config = Object.assign(config, await resp.json());
       setState("idle");
     } catch (e) {
-      showError("Can't reach the server", "Reload the page once `make web` is running.");
+      showError("Can't reach the server", "Reload once the page is running again on the computer that serves it.");
     }
   }
 
