@@ -11,9 +11,10 @@ WEIGHTS ?= weights
 
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
+	@echo "setup: installing the pinned stack from pyproject.toml into .venv (first run only; README: First run)"
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install --progress-bar on -e .
 	touch $@
 
 # Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`; another recipe:
@@ -162,3 +163,40 @@ bench-faults: mar
 SOAK_REQUESTS ?= 10000
 bench-soak: mar
 	$(PY) -m bench.soak --requests $(SOAK_REQUESTS) --concurrency 32 --data $(TEST_DATA) --out reports/soak.json
+
+# --- Help: one line per target (tests/test_readme.py checks that every target is listed) ---------------
+.PHONY: help
+help:
+	@printf '%-18s %s\n' \
+	  help "this list" \
+	  setup "install the pinned stack from pyproject.toml into .venv (every target runs it first)" \
+	  data "download and check every training and test photo from its public source into DATA_ROOT" \
+	  train "train ResNN with TRAIN_CONFIG (the shipped recipe: 30 CPU-minutes) into RUN" \
+	  train-transfer "the transfer arm: pretrained EfficientNet-Lite0 + a fitted head -> runs/transfer" \
+	  compare "does RUN (CANDIDATES) beat weights/? paired per-photo Kaggle validation loss" \
+	  ship "make a finished RUN the shipped model in weights/" \
+	  eval "evaluate WEIGHTS on the test split; the report goes beside them" \
+	  bench-train "time to accuracy, seed recipe vs ours, same budget (about 70 min)" \
+	  bench-train-step "training-step speed: eager vs channels_last vs torch.compile" \
+	  export "ExecuTorch .pte files + hotdog.json in exported/ from WEIGHTS" \
+	  export-parity "the .pte files vs eager PyTorch on the test split -> reports/mobile_parity.json" \
+	  bench-mobile "batch-1 latency of eager and the .pte files -> reports/bench_mobile.json" \
+	  test "the whole test suite (real TorchServe, .pte files, Chromium)" \
+	  mar "build model_store/hotdog.mar (the int8 ExecuTorch archive)" \
+	  mar-eager "build model_store/eager/hotdog.mar (fp32 PyTorch)" \
+	  mar-int8 "the old name of mar" \
+	  grpc-stubs "generate the gRPC client stubs from the installed TorchServe" \
+	  serve "start TorchServe on hotdog.mar (or say it is up) and answer a prediction" \
+	  stop "stop the TorchServe this checkout started" \
+	  predict "classify IMG=photo.jpg over HTTP" \
+	  predict-grpc "classify IMG=photo.jpg over gRPC" \
+	  web "the phone page on http://127.0.0.1:8090 (LAN=1: for a phone on the same Wi-Fi)" \
+	  serve-parity "every test photo through the running server vs offline -> reports/serve_parity.json" \
+	  bench-serve "serving speed vs the FastAPI baselines -> reports/bench_serve.json" \
+	  bench-handler "CPU per request inside a worker -> reports/handler_cost.json" \
+	  bad-input-report "every bad input over HTTP and gRPC -> reports/bad_inputs.{json,md}" \
+	  bench-faults "kill and stop a worker under load: recovery -> reports/faults.json" \
+	  bench-soak "SOAK_REQUESTS test photos at concurrency 32 -> reports/soak.json" \
+	  image "build the container image IMAGE (docs/deploy.md)" \
+	  test-image "run the image and compare its answers with the host's" \
+	  clean "remove runs, caches, archives, logs and build output"

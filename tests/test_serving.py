@@ -55,10 +55,10 @@ def expected_probs(eager, offline, data: bytes) -> dict:
 
 
 def assert_prediction(body, probs: dict, eager):
-    assert body["probabilities"] == pytest.approx(probs, abs=1e-5)
+    assert body["probabilities"] == pytest.approx(probs, abs=1e-4)  # answers carry 4 decimals
     label = max(probs, key=probs.get)
     assert body["label"] == label and body["is_hotdog"] == (label == "hot_dog")
-    assert body["confidence"] == pytest.approx(probs[label], abs=1e-5)
+    assert body["confidence"] == pytest.approx(probs[label], abs=1e-4)
     assert body["model_version"] == eager[2]["weights_sha256"][:12]
 
 
@@ -142,7 +142,7 @@ def test_served_equals_offline_evaluation(torchserve, eager, offline):
         assert r.status_code == 200, (path, r.text)
         body = r.json()
         assert body["label"] == spec.labels[max(range(len(probs)), key=probs.__getitem__)]
-        assert [body["probabilities"][c] for c in spec.labels] == pytest.approx(probs, abs=1e-5), path
+        assert [body["probabilities"][c] for c in spec.labels] == pytest.approx(probs, abs=1e-4), path
 
 
 def test_grpc_predict(torchserve, eager, offline):
@@ -280,8 +280,10 @@ def test_make_serve_and_stop(tmp_path):
         assert "READY" in done.stdout and '"label": ' in done.stdout
         pid = int((tmp_path / "tmp" / server.PID_FILE).read_text())
         assert read_keys(tmp_path / "work")["inference"]
-        again = run_make("serve", *where)
-        assert again.returncode != 0 and "already running" in again.stderr
+        again = run_make("serve", *where)  # ours is up and healthy: said so, answered, exit 0
+        assert again.returncode == 0, again.stderr
+        assert "already up" in again.stdout and '"label": ' in again.stdout
+        assert int((tmp_path / "tmp" / server.PID_FILE).read_text()) == pid
     finally:
         stopped = run_make("stop", *where)
     assert stopped.returncode == 0 and "TorchServe stopped." in stopped.stdout
