@@ -2,10 +2,16 @@
 # Every target installs what it needs through `setup`, so a fresh clone needs no manual step.
 SHELL := /bin/bash
 PY := .venv/bin/python
-DATA ?= ../shared/data/hotdog/train
-TEST_DATA ?= ../shared/data/hotdog/test
+# Photos come from ../shared/data when it is there, else from DATA_ROOT (`make data` fills data/);
+# DATA=dir or TEST_DATA=dir points one command at another ImageFolder.
+DATA ?=
+TEST_DATA ?=
+DATA_ARG = $(if $(DATA),--data $(DATA))
+TEST_DATA_ARG = $(if $(TEST_DATA),--data $(TEST_DATA))
 RUN ?= runs/latest
 WEIGHTS ?= weights
+# Where `make data` assembles the photos from their public sources (docs/data.md).
+DATA_ROOT ?= data
 
 .PHONY: setup train train-transfer compare ship eval bench-train bench-train-step test clean mar grpc-stubs serve stop predict predict-grpc serve-parity web
 
@@ -17,11 +23,17 @@ setup: .venv/.installed
 	$(PY) -m pip install --progress-bar on -e .
 	touch $@
 
+# Every training and test photo, downloaded from its public source at a pinned commit, checked and
+# assembled into $(DATA_ROOT)/hotdog and $(DATA_ROOT)/hotdog-more (about 260 MB; a second run only verifies).
+.PHONY: data
+data: setup
+	$(PY) -m data_sources.fetch --root $(DATA_ROOT)
+
 # Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`; another recipe:
 # `make train TRAIN_CONFIG=training/configs/distill.yaml` (needs the teacher wheel, see pyproject.toml).
 TRAIN_CONFIG ?= training/configs/hotdog.yaml
 train: setup
-	$(PY) -m training.train --config $(TRAIN_CONFIG) --data $(DATA) --out $(RUN)
+	$(PY) -m training.train --config $(TRAIN_CONFIG) $(DATA_ARG) --out $(RUN)
 
 # The transfer-learning arm: pretrained EfficientNet-Lite0 + a fitted two-class head (the teacher of
 # training/configs/distill.yaml) -> $(TRANSFER_RUN)/ and $(TRANSFER_RUN)-zero-shot/; `make eval WEIGHTS=...` scores them.
@@ -32,7 +44,7 @@ train-transfer: setup
 # Does a finished run beat the shipped model? Per-photo Kaggle val loss, paired: `make compare CANDIDATES=runs/mine`.
 CANDIDATES ?= $(RUN)
 compare: setup
-	$(PY) -m training.compare $(WEIGHTS) $(CANDIDATES) --data $(DATA)
+	$(PY) -m training.compare $(WEIGHTS) $(CANDIDATES)
 
 # Make a finished run the shipped model (then `make eval` writes its test report beside it).
 SHIPPED_FILES := model.pt preprocess.json manifest.json config.yaml metrics.jsonl curves.png data_files.txt
@@ -43,7 +55,7 @@ ship:
 
 # Time to accuracy, seed recipe vs ours, same budget and data, one after the other (about 70 min).
 bench-train: setup
-	$(PY) -m training.bench_train --data $(DATA) --test-data $(TEST_DATA)
+	$(PY) -m training.bench_train $(DATA_ARG) $(if $(TEST_DATA),--test-data $(TEST_DATA))
 
 # Training-step speed of eager vs channels_last vs torch.compile on this CPU -> reports/bench_train_step.json
 bench-train-step: setup
@@ -51,7 +63,7 @@ bench-train-step: setup
 
 # Evaluate weights (default: the shipped ones) on the test split; writes JSON + PNGs beside them.
 eval: setup
-	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(TEST_DATA)
+	$(PY) -m training.evaluate --weights $(WEIGHTS) $(TEST_DATA_ARG)
 
 # ExecuTorch .pte files (fp32, int8, Core ML) + hotdog.json in exported/, committed like weights/: the
 # default archive runs the int8 one and the iOS app bundles them. Re-run after retraining (int8 calibrates
@@ -60,18 +72,18 @@ eval: setup
 EXPORTED := exported
 PTE_META := $(EXPORTED)/hotdog.json
 export: setup
-	$(PY) -m mobile_export.export --weights $(WEIGHTS) --calib-data $(DATA)
+	$(PY) -m mobile_export.export --weights $(WEIGHTS) $(if $(DATA),--calib-data $(DATA))
 
 # The .pte files vs eager PyTorch on the test split, run by the ExecuTorch runtime -> reports/mobile_parity.json.
 export-parity: setup
-	$(PY) -m mobile_export.parity --weights $(WEIGHTS) --data $(TEST_DATA)
+	$(PY) -m mobile_export.parity --weights $(WEIGHTS) $(TEST_DATA_ARG)
 
 # Batch-1 latency, eager vs fp32 .pte vs int8 .pte, in one process -> reports/bench_mobile.json.
 bench-mobile: setup
 	$(PY) -m mobile_export.bench --weights $(WEIGHTS)
 
 test: setup mar grpc-stubs
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/test_image.py
 
 # --- Serving (TorchServe) ---------------------------------------------------------------------
 # hotdog.mar: the ExecuTorch int8 runtime (serve_config/model-config.yaml) with exported/'s int8 .pte,
@@ -129,17 +141,17 @@ predict-grpc: grpc-stubs
 # BENCH_ARGS="--quick" for a smoke run, "--variants ..." for a sweep.
 .PHONY: mar-eager mar-int8 bench-serve
 bench-serve: setup
-	$(PY) -m bench.serve_load --weights $(WEIGHTS) --data $(TEST_DATA) $(BENCH_ARGS)
+	$(PY) -m bench.serve_load --weights $(WEIGHTS) $(TEST_DATA_ARG) $(BENCH_ARGS)
 
 # CPU per request inside a worker (handler steps vs TorchServe's Python side), from the built archive
 # -> reports/handler_cost.json: read it beside bench-serve's server CPU per request.
 .PHONY: bench-handler
 bench-handler: mar
-	$(PY) -m bench.handler_cost --data $(TEST_DATA)
+	$(PY) -m bench.handler_cost $(TEST_DATA_ARG)
 
 # Every test/ image through the running server vs offline evaluation -> reports/serve_parity.json.
 serve-parity: setup
-	$(PY) -m bench.parity --data $(TEST_DATA) --weights $(WEIGHTS) --out reports/serve_parity.json $(CLIENT_ARGS)
+	$(PY) -m bench.parity $(TEST_DATA_ARG) --weights $(WEIGHTS) --out reports/serve_parity.json $(CLIENT_ARGS)
 
 # The phone-friendly page in front of TorchServe (started first if it is not running): http://127.0.0.1:8090
 # `make web LAN=1` listens on the network so a phone on the same Wi-Fi can open it. Ctrl-C stops the page.
@@ -162,7 +174,17 @@ bench-faults: mar
 # 10,000 real test JPEGs at concurrency 32: errors, p50/p99, worker RSS start/end -> reports/soak.json
 SOAK_REQUESTS ?= 10000
 bench-soak: mar
-	$(PY) -m bench.soak --requests $(SOAK_REQUESTS) --concurrency 32 --data $(TEST_DATA) --out reports/soak.json
+	$(PY) -m bench.soak --requests $(SOAK_REQUESTS) --concurrency 32 $(TEST_DATA_ARG) --out reports/soak.json
+
+# --- Container image (Dockerfile; docs/deploy.md) ---------------------------------------------------
+# make image: debian:bookworm-slim made here from Debian packages (debootstrap), then the Dockerfile built on
+# it with buildah (deploy/build_image.sh). make test-image: run it, compare with the host's answers (CI runs it).
+.PHONY: image test-image
+IMAGE ?= hotdog:latest
+image:
+	bash deploy/build_image.sh $(IMAGE) .
+test-image: image mar
+	HOTDOG_IMAGE=$(IMAGE) $(PY) -m pytest -q tests/test_image.py
 
 # --- Help: one line per target (tests/test_readme.py checks that every target is listed) ---------------
 .PHONY: help

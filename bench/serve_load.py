@@ -48,9 +48,8 @@ from serving import server as ts_server  # noqa: E402
 from serving.archive import EAGER_MODEL_CONFIG, MODEL_CONFIG, build_mar  # noqa: E402
 from serving.config import ServeConfig  # noqa: E402
 from bench.harness import free_ports  # noqa: E402
-from training.data import SHARED_DATA  # noqa: E402
+from training.data import DataError, data_split  # noqa: E402
 
-DEFAULT_DATA = SHARED_DATA / "test"
 BOUNDARY = "hotdogbenchboundary7e1c"
 # How a JPEG travels. multipart: an upload form (what a FastAPI UploadFile endpoint expects, the headline);
 # raw: the bytes as the body (TorchServe's documented `curl -T photo.jpg`); both servers accept both.
@@ -443,7 +442,7 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(REPO / "weights"))
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", help="(default: <data home>/hotdog/test)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"TorchServe variants, comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--baseline-threads", type=int, default=1,
@@ -476,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    try:
+        args.data = args.data or data_split("test")
+    except DataError as e:
+        parser.exit(2, f"error: {e}\n")
     images = load_images(Path(args.data), args.images or None, args.request)
     if not images:
         parser.error(f"no JPEGs under {args.data}")

@@ -32,10 +32,9 @@ from torch.export import Dim, ExportedProgram
 from model_src.bundle import PROGRAMS_FILE, BundleError, check_programs, load_bundle, read_data_files, sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_uint8
-from training.data import REPO_ROOT as REPO, SHARED_DATA
+from training.data import REPO_ROOT as REPO, DataError, data_split
 
 DEFAULT_OUT = REPO / "exported"
-DEFAULT_CALIB_DATA = SHARED_DATA / "train"
 SWIFT_CONSTANTS = REPO / "mobile_export" / "ios" / "Hotdog" / "PreprocessConstants.swift"
 METADATA_FILE = PROGRAMS_FILE
 FP32_FILE, INT8_FILE, COREML_FILE = "hotdog_xnnpack_fp32.pte", "hotdog_xnnpack_int8.pte", "hotdog_coreml.pte"
@@ -453,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(REPO / "weights"), help="trained-model folder")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for .pte files and hotdog.json")
-    parser.add_argument("--calib-data", default=str(DEFAULT_CALIB_DATA),
+    parser.add_argument("--calib-data", default=None,
                         help="training ImageFolder root (data_files.txt paths are relative to it)")
     parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, help="int8 calibration sample size")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the calibration sample")
@@ -466,12 +465,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                     f"{Path(args.weights).name}/preprocess.json"))
         return {}
     quiet_toolchain()
-    return export_all(args.weights, args.out, args.calib_data, args.calib_images, args.seed, args.max_batch,
+    return export_all(args.weights, args.out, args.calib_data or data_split("train"), args.calib_images, args.seed, args.max_batch,
                       args.swift, log=lambda msg: print(msg, file=sys.stderr))
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return run_cli(main, argv, (ExportError,))
+    return run_cli(main, argv, (ExportError, DataError))
 
 
 if __name__ == "__main__":

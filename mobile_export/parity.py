@@ -20,12 +20,11 @@ from mobile_export.export import (COREML_FILE, DEFAULT_OUT, FP32_FILE, INT8_FILE
 from model_src.bundle import BundleError, load_bundle
 from model_src.cli import run_cli
 from model_src.preprocess import normalize
-from training.data import SHARED_DATA
+from training.data import DataError, data_split
 
 FP32_MAX_ABS_DIFF = 1e-4
 INT8_MAX_DROP_PT = 1.0
 INT8_GOAL_DROP_PT = 0.5
-DEFAULT_TEST_DATA = SHARED_DATA / "test"
 
 
 def load_forward(path: str | Path):
@@ -114,10 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(REPO / "weights"))
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder written by mobile_export.export")
-    parser.add_argument("--data", default=str(DEFAULT_TEST_DATA), help="ImageFolder split to compare on")
+    parser.add_argument("--data", help="ImageFolder split to compare on (default: <data home>/hotdog/test)")
     parser.add_argument("--report", default=str(REPO / "reports" / "mobile_parity.json"))
     args = parser.parse_args(argv)
-    report = parity_report(args.weights, args.out, args.data)
+    report = parity_report(args.weights, args.out, args.data or data_split("test"))
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     fp32, int8 = report["xnnpack_fp32"], report["xnnpack_int8"]
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return run_cli(main, argv, (ExportError,), passed=lambda report: report["pass"])
+    return run_cli(main, argv, (ExportError, DataError), passed=lambda report: report["pass"])
 
 
 if __name__ == "__main__":

@@ -54,9 +54,10 @@ def test_two_epoch_run_writes_every_output(sample_tree, tmp_path):
 
 
 def test_source_repeats_lengthen_the_epoch_by_that_source_only():
-    order = train.epoch_sample_order(["kaggle", "extra", "kaggle", "extra", "extra"], {"kaggle": 3})
-    assert order.tolist() == [0, 0, 0, 1, 2, 2, 2, 3, 4]
-    assert train.epoch_sample_order(["a", "b"], {}).tolist() == [0, 1]
+    g = torch.Generator().manual_seed(0)
+    order = train.epoch_sample_order(["kaggle", "extra", "kaggle", "extra", "extra"], {"kaggle": 3}, g)
+    assert sorted(order.tolist()) == [0, 0, 0, 1, 2, 2, 2, 3, 4]
+    assert sorted(train.epoch_sample_order(["a", "b"], {}, g).tolist()) == [0, 1]
 
 
 def test_cutmix_labels_are_mixed_by_the_area_pasted():
@@ -322,9 +323,10 @@ def test_compare_scores_runs_on_the_same_validation_photos(sample_tree, tmp_path
     base = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "a"), "--epochs", "1", *TINY_TRAIN_ARGS])
     other = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "b"), "--epochs", "1", *TINY_TRAIN_ARGS,
                         "--widths", "[8, 8, 16, 32]"])
-    report = compare.main([str(base), str(base), str(other), "--out", str(tmp_path / "cmp.json")])
+    report = compare.main([str(base), str(base), str(other), "--source", "kaggle", "--out", str(tmp_path / "cmp.json")])
     kaggle_val = [path for split, path, source in read_data_files(base) if (split, source) == ("val", "kaggle")]
     assert report["images"] == len(kaggle_val) > 1
+    assert report["candidates"][str(base)]["per_source"]["kaggle"]["n"] == len(kaggle_val)
     # The per-photo losses reproduce what training logged for the chosen checkpoint.
     manifest = json.loads((base / "manifest.json").read_text())
     assert report["baseline_loss"] == pytest.approx(manifest["best_val_loss_kaggle"], abs=2e-3)
@@ -342,9 +344,17 @@ def test_compare_scores_runs_on_the_same_validation_photos(sample_tree, tmp_path
     with pytest.raises(train.DataError, match="lack"):
         compare.compare(base, [renamed])
 
-    assert compare.validation_files(reseeded, "kaggle") != compare.validation_files(base, "kaggle")
+    def val_photos(run):
+        return sorted(path for split, path, _ in compare.run_files(run) if split == "val")
+
+    assert val_photos(reseeded) != val_photos(base)
     with pytest.raises(train.DataError, match="validation photos differ"):
-        compare.compare(base, [reseeded])
+        compare.compare(base, [base, reseeded])
+    # Against a baseline that trained on some of the candidate's validation photos, those are left out.
+    cross = compare.compare(reseeded, [base])
+    seen = {path for split, path, _ in compare.run_files(reseeded) if split == "train"}
+    assert cross["dropped_baseline_trained_on"] == len(set(val_photos(base)) & seen) > 0
+    assert cross["images"] == len(val_photos(base)) - cross["dropped_baseline_trained_on"]
 
 
 def test_compare_reads_a_repo_relative_data_path_from_any_cwd(sample_tree, tmp_path, monkeypatch):

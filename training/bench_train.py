@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from model_src.cli import run_cli
-from training.data import REPO_ROOT as REPO, SHARED_DATA, DataError, run_data_root
+from training.data import REPO_ROOT as REPO, DataError, data_split, run_data_root
 from training.plots import plt
 
 THRESHOLDS = [0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default="seed,hotdog", help="configs in training/configs, comma-separated")
     parser.add_argument("--budget-min", type=float, default=30.0, help="training minutes per recipe (CPU clock)")
-    parser.add_argument("--data", default=str(SHARED_DATA / "train"))
-    parser.add_argument("--test-data", default=str(SHARED_DATA / "test"))
+    parser.add_argument("--data", help="(default: <data home>/hotdog/train)")
+    parser.add_argument("--test-data", help="(default: <data home>/hotdog/test)")
     parser.add_argument("--runs", default="runs/bench_train")
     parser.add_argument("--report", default="reports/bench_train")
     args = parser.parse_args(argv)
+    args.data, args.test_data = args.data or data_split("train"), args.test_data or data_split("test")
     run_dirs = {recipe: REPO / args.runs / recipe for recipe in args.recipes.split(",")}
     # Every folder before any training: a refusal after the first recipe's 30 minutes would waste them.
     for run_dir in run_dirs.values():

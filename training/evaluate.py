@@ -19,7 +19,7 @@ from model_src.bundle import BundleError, load_bundle, read_manifest, sha256_fil
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_tensor
 from model_src.resnn import inference_gflops
-from training.data import SHARED_DATA, DataError, scan_image_folder
+from training.data import DataError, data_split, scan_image_folder
 from training.plots import plot_confusion, plot_curves
 
 
@@ -114,14 +114,14 @@ def classification_metrics(probs: torch.Tensor, y_true: torch.Tensor, labels: tu
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="weights", help="trained-model folder (model.pt, preprocess.json, manifest.json)")
-    parser.add_argument("--data", default=str(SHARED_DATA / "test"), help="ImageFolder split to evaluate")
+    parser.add_argument("--data", help="ImageFolder split to evaluate (default: <data home>/hotdog/test)")
     parser.add_argument("--out", help="output folder (default: the weights folder)")
     parser.add_argument("--name", help="split name used in output file names (default: the data folder name)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
 
     model, spec, manifest = load_model_folder(args.weights)
-    data = Path(args.data)
+    data = Path(args.data) if args.data else data_split("test")
     saved = Path(args.weights) / "config.yaml"  # a run's own source patterns name each photo's source
     run_cfg = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else {}
     samples, _ = scan_image_folder(data, spec.labels, run_cfg.get("source_patterns"),

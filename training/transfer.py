@@ -18,20 +18,20 @@ from model_src.bundle import sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec
 from training.config import parse_config
-from training.data import DataError, file_list_sha256, load_cached, scan_image_folder
+from training.data import DataError, file_list_sha256, load_cached
 from training.presets import TrainAugment
-from training.teacher import TEACHER_SPEC_FIELDS, Teacher, load_pretrained_lite0, teacher_weights_path
-from training.train import autocast_for, check_writable, pick_device, split_samples, training_clock
+from training.teacher import TEACHER_SPEC_FIELDS, TEACHERS, Teacher, load_pretrained, teacher_weights_path
+from training.train import autocast_for, check_writable, pick_device, scan_recipe_data, split_samples, training_clock
 
 
 def main(argv: list[str] | None = None) -> Path:
     cfg, _ = parse_config(argv)
-    teacher_weights_path()
+    cfg.teacher = cfg.teacher or "lite0"
+    teacher_weights_path(cfg.teacher)
     out = Path(cfg.out)
     check_writable(out)
     wall_start = time.perf_counter()
-    data_root = Path(cfg.data)
-    samples, labels = scan_image_folder(data_root, None, cfg.source_patterns, cfg.default_source)
+    samples, labels, data_root = scan_recipe_data(cfg)
     train_s, val_s = split_samples(samples, cfg)
     student_spec = PreprocessSpec(labels=labels, input_size=cfg.input_size, resize_size=cfg.resize_size)
     train_x, train_y, _, _ = load_cached(train_s, cfg.cache_size, cfg.cache_size, student_spec.max_pixels,
@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> Path:
     teacher = Teacher.build(train_x, train_y, val_x, val_y, val_sources, cfg, augment,
                             file_list_sha256(train_s + val_s, data_root), autocast, training_clock(cfg),
                             labels.index(HOTDOG_LABEL), log=lambda m: print(m, file=sys.stderr))
-    model = load_pretrained_lite0()
+    model = load_pretrained(cfg.teacher)
     model.reset_classifier(len(labels))
     model.get_classifier().load_state_dict(teacher.head.state_dict())
     torch.save(model.state_dict(), out / "model.pt")
     spec.save(out)
-    manifest = {"arch": {"name": "tf_efficientnet_lite0", "num_classes": len(labels)}, "weights": "model.pt",
+    manifest = {"arch": {"name": TEACHERS[cfg.teacher][1], "num_classes": len(labels)}, "weights": "model.pt",
                 "weights_sha256": sha256_file(out / "model.pt"), "data_root": str(data_root),
                 "data_files_sha256": file_list_sha256(train_s + val_s, data_root),
                 "method": f"linear head on frozen features of {cfg.teacher_views} crops per image",
