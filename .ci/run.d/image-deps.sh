@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make image` / `make test-image` (tests/test_image.py) build and run the container image with buildah on a base
+# made by debootstrap: Debian's packages; skipped when present.
+set -euo pipefail
+PACKAGES=(buildah debootstrap)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    command -v "$pkg" >/dev/null || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "image-deps: ${PACKAGES[*]} already installed"; exit 0
+fi
+command -v apt-get >/dev/null || { echo "image-deps: install ${missing[*]} (no apt-get here)" >&2; exit 1; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "image-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+buildah --version
