@@ -76,3 +76,22 @@ def bad_inputs(max_pixels: int) -> dict[str, tuple[bytes, int]]:
         # ~100 bytes that resizing the shorter side to the model size would blow up to 0.5 GB
         "strip": (encode(Image.new("L", (1, 3000)), "PNG"), 400),
     }
+
+
+def stripes_tree(root, per_class: int, seed: int = 0, size: int = 40):
+    """A tiny learnable ImageFolder: hot_dog = horizontal stripes, not_hot_dog = vertical ones, each image
+    with its own two colours, period and phase (orientation survives crops, flips and colour jitter)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for label, axis in (("hot_dog", 0), ("not_hot_dog", 1)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            period, phase = int(rng.integers(3, 7)), int(rng.integers(0, 10))
+            light = rng.integers(0, 256, 3, dtype=np.uint8)
+            colours = np.stack([light, 255 - light])  # contrast enough to survive colour jitter
+            bands = ((np.arange(size) + phase) // period) % 2
+            mask = bands[:, None] if axis == 0 else bands[None, :]
+            pixels = np.where(np.broadcast_to(mask, (size, size))[..., None] == 1, colours[0], colours[1])
+            Image.fromarray(pixels.astype(np.uint8)).save(root / label / f"{i:03d}.png")
+    return root
