@@ -3,7 +3,9 @@
 `make serve` / `make stop` and the test fixture use this, so a user and the tests start the server
 the same way. Every server gets its own working directory (key_file.json, logs/) and its own TMPDIR:
 TorchServe's `--stop` kills whatever pid it finds in $TMPDIR/.model_server.pid, so a private TMPDIR
-means stopping one server never stops another.
+means stopping one server never stops another. A TorchServe started by hand from the same working
+directory (the README's `.venv/bin/torchserve --start` line) is found by that directory: `start` takes
+it as already up when its model is READY, and `stop` stops it.
 """
 from __future__ import annotations
 
