@@ -105,7 +105,8 @@ class GitCache:
     def read(self, oids: list[str]):
         """Yield (oid, bytes) for each blob, each checked against its id."""
         proc = subprocess.Popen(["git", "-C", str(self.path), "cat-file", "--batch"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**GIT_ENV, "GIT_NO_LAZY_FETCH": "1"})
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env={**GIT_ENV, "GIT_NO_LAZY_FETCH": "1"})
         try:
             for oid in oids:
                 proc.stdin.write(oid.encode() + b"\n")
@@ -147,7 +148,8 @@ def fetch_source(root: Path, source: Source, entries: list[Entry], mirror: str) 
             if attempt == 2:
                 raise FetchError(f"source {source.name}: the download from {url} is corrupt twice ({err}); "
                                  f"kept aside in {aside}") from err
-            print(f"{source.name}: download corrupt ({err}), moved aside to {aside}; downloading again", file=sys.stderr)
+            print(f"{source.name}: download corrupt ({err}), moved aside to {aside}; downloading again",
+                  file=sys.stderr)
         except subprocess.CalledProcessError as err:
             raise FetchError(f"source {source.name}: cannot fetch {url} at {source.commit[:12]}: {err.stderr} "
                              f"(what was downloaded is kept in {cache_path}; run make data again)") from err
@@ -163,7 +165,7 @@ def download(cache: GitCache, source: Source, todo: list[Entry]) -> int:
              for e in todo if tree.get(e.repo_path) != e.blob]
     if moved:
         raise FetchError(f"source {source.name}: {len(moved)} file(s) at {source.commit[:12]} of {cache.url} do not "
-                         f"match their pinned blob id, refused: {', '.join(moved[:5])}{' ...' if len(moved) > 5 else ''}")
+                         f"match their pinned blob id, refused: {some(moved)}")
     present = cache.present()
     missing = sorted({e.blob for e in todo} - present)
     with tqdm(total=len(missing), desc=f"{source.name}: download", unit="photo", disable=not missing) as bar:
@@ -198,9 +200,12 @@ def assemble(root: Path, cache: GitCache, source: Source, todo: list[Entry]) -> 
                 written += 1
     if refused:
         raise FetchError(f"source {source.name}: {len(refused)} file(s) do not match the manifest's sha256 after "
-                         f"the {source.recode} rule, refused (Pillow {pillow_version()}): "
-                         f"{', '.join(refused[:5])}{' ...' if len(refused) > 5 else ''}")
+                         f"the {source.recode} rule, refused (Pillow {pillow_version()}): {some(refused)}")
     return written
+
+
+def some(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
 
 
 def pillow_version() -> str:
@@ -245,10 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     except FetchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: what was downloaded is kept in {args.root / DOWNLOAD_DIR}; run make data again to "
+              "continue", file=sys.stderr)
+        return 130
     stray = stray_files(args.root, sources, entries)
     if stray:
         print(f"note: {len(stray)} file(s) under {args.root} are not in the manifest and training would read them: "
-              f"{', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''}", file=sys.stderr)
+              f"{some(stray, 3)}", file=sys.stderr)
     fetched, written = sum(s["blobs_fetched"] for s in stats), sum(s["written"] for s in stats)
     print(f"{args.root}: {len(entries)} photos from {len(stats)} sources in place and verified (sha256); "
           f"this run downloaded {fetched} and wrote {written}")
