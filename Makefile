@@ -2,8 +2,8 @@
 # Every target installs what it needs through `setup`, so a fresh clone needs no manual step.
 SHELL := /bin/bash
 PY := .venv/bin/python
-# Photos come from ../shared/data when it is there, else from DATA_ROOT (`make data` fills data/);
-# DATA=dir or TEST_DATA=dir points one command at another ImageFolder.
+# Photos come from DATA_ROOT when given on the command line, else ../shared/data, else data/ (what `make data`
+# fills; training/data.py:data_home). DATA=dir or TEST_DATA=dir points one command at another ImageFolder.
 DATA ?=
 TEST_DATA ?=
 DATA_ARG = $(if $(DATA),--data $(DATA))
