@@ -225,11 +225,13 @@ def fetch_all(root: Path, sources: tuple[Source, ...], entries: list[Entry], mir
     return [fetch_source(root, s, by_source[s.name], mirror) for s in sources if by_source[s.name]]
 
 
-def stray_files(root: Path, sources: tuple[Source, ...], entries: list[Entry]) -> list[str]:
-    """Files in the sources' folders that the manifest does not name (training would read them too)."""
+def stray_photos(root: Path, sources: tuple[Source, ...], entries: list[Entry]) -> list[str]:
+    """Images in the sources' folders that the manifest does not name (training would read them too)."""
+    from training.data import IMAGE_EXTENSIONS  # imports torch: only asked once the tree is complete
+
     known = {e.path for e in entries}
-    return sorted(str(p.relative_to(root)) for folder in {s.folder for s in sources}
-                  for p in (root / folder).rglob("*") if p.is_file() and str(p.relative_to(root)) not in known)
+    return sorted(rel for folder in {s.folder for s in sources} for p in (root / folder).rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and (rel := str(p.relative_to(root))) not in known)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: what was downloaded is kept in {args.root / DOWNLOAD_DIR}; run make data again to "
               "continue", file=sys.stderr)
         return 130
-    stray = stray_files(args.root, sources, entries)
+    stray = stray_photos(args.root, sources, entries)
     if stray:
         print(f"note: {len(stray)} file(s) under {args.root} are not in the manifest and training would read them: "
               f"{some(stray, 3)}", file=sys.stderr)

@@ -135,9 +135,16 @@ def test_fetch_assembles_the_tree_and_a_second_run_downloads_nothing(mirror, tmp
         cache = GitCache(root / DOWNLOAD_DIR / f"{source.name}.git", repo_url(mirror.url, source.repo))
         assert git(repo, "rev-parse", "HEAD:unused.jpg") not in cache.present()
         assert {e.blob for e in mirror.entries if e.source == source.name} <= cache.present()
-    # The second run needs no network at all: its mirror does not exist.
+    # The second run needs no network at all: its mirror does not exist. It names a photo the manifest
+    # does not (training would read it), not a README.
+    stray = root / "hotdog/train/hot_dog/stray.jpg"
+    shutil.copy(SAMPLE / "hot_dog" / "x1.jpg", stray)
+    (root / "hotdog/README.md").write_text("notes\n")
     done = fetch_cli(root, mirror, url=(tmp_path / "nowhere").as_uri())
     assert done.returncode == 0, done.stderr
+    assert "note: 1 file(s)" in done.stderr and "hotdog/train/hot_dog/stray.jpg" in done.stderr
+    stray.unlink()
+    (root / "hotdog/README.md").unlink()
     assert f"{len(mirror.entries)} photos from 4 sources in place and verified" in done.stdout
     assert "downloaded 0 and wrote 0" in done.stdout
     assert_tree_matches(root, mirror.entries)
