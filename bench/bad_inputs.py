@@ -29,12 +29,12 @@ from typing import Callable
 import requests
 from PIL import Image
 
+from bench.parity import TOLERANCE  # served vs eager probabilities on the same bytes
 from model_src.bundle import read_manifest
 from serving.config import MODEL_NAME, REPO
 
 SAMPLE = REPO / "tests" / "data" / "sample"
 MAX_REQUEST_SIZE = 20 * 1024 * 1024  # serve_config/config.properties: max_request_size
-TOLERANCE = 1e-5  # served vs eager probabilities on the same bytes
 UPRIGHT_TOLERANCE = 0.03  # EXIF-rotated JPEG vs the upright JPEG: re-encoding moves p a little
 
 

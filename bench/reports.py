@@ -5,10 +5,10 @@ are committed, so paths in them are relative to the repo root (no machine's dire
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from mobile_export.export import _display
 from serving.config import REPO
 
 SAMPLE = REPO / "tests" / "data" / "sample"
@@ -17,8 +17,8 @@ OTHER_DATA_REPORTS = REPO / "build" / "reports"  # git-ignored: where a run on t
 
 
 def repo_relative(path: str | Path) -> str:
-    """`path` as a report records it: relative to the repo root (../shared/... for the shared data)."""
-    return os.path.relpath(os.path.abspath(path), REPO)
+    """`path` as a report records it: relative to the repo root when it sits beside it (../shared/...)."""
+    return _display(Path(path))
 
 
 def test_images(data: str | Path, out: str | Path) -> tuple[list[bytes], str, Path]:
