@@ -14,7 +14,7 @@ import torch
 from model_src.bundle import load_bundle
 from model_src.preprocess import bytes_to_tensor, decode_image, image_to_tensor
 import imagegen
-from conftest import REPO
+from conftest import REPO, SAMPLE
 
 MAR = REPO / "model_store" / "hotdog.mar"
 
@@ -205,6 +205,24 @@ def test_bad_items_get_their_own_status_and_the_rest_is_answered(service, eager,
     # The worker is unharmed: the next batch is answered normally.
     code, [(status, _, _, body)] = predict(service, [raw(jpeg)])
     assert code == 200 and status == 200 and "label" in body
+
+
+def test_a_batch_above_the_programs_maximum_is_split_and_answered_in_order(service, eager, offline):
+    """TorchServe may hand over more requests than the .pte's batch range (model-config batch size, a
+    future setting): the handler runs them in chunks of the program's maximum, answers kept in order."""
+    handler = service._entry_point.__self__
+    if handler.method is None:
+        pytest.fail("hotdog.mar is not an ExecuTorch archive: the batch split is the .pte runtime's")
+    photos = [p.read_bytes() for p in sorted(SAMPLE.rglob("*.jpg"))]
+    rows = [raw(photos[i % len(photos)]) for i in range(handler.max_batch + 3)]
+    with CountingRuntime(handler) as runtime:
+        code, answers = predict(service, rows)
+    size = eager[1].input_size
+    assert code == 200 and runtime.shapes == [(handler.max_batch, 3, size, size), (3, 3, size, size)]
+    expected = {i: reference_probs(offline, data) for i, data in enumerate(photos)}
+    for i, (status, _, headers, body) in enumerate(answers):
+        assert status == 200 and headers["X-Batch-Size"] == str(len(rows))
+        assert_answer(body, expected[i % len(photos)], list(eager[1].labels))
 
 
 def test_messages_say_what_is_wrong(service, eager):
