@@ -9,7 +9,7 @@ import time
 
 from PIL import Image
 
-from conftest import REPO, SAMPLE, serve_config_copy
+from conftest import REPO, SAMPLE, free_ports, serve_config_copy
 
 README = (REPO / "README.md").read_text()
 PHOTO = sorted((SAMPLE / "hot_dog").glob("*.jpg"))[0]
@@ -159,3 +159,32 @@ def test_first_install_shows_progress():
     installs = [line for line in done.stdout.splitlines() if "pip install" in line and " -e ." in line]
     assert installs and not any(" -q" in line for line in installs), done.stdout
     assert re.search(r"\*\*First run:\*\*.* GB on disk.* minutes", README.replace("\n", " "))
+
+
+def test_readme_make_web_serves_the_page(torchserve, tmp_path):
+    """`make web` as written, pointed at the session's server: the page and a prediction through it."""
+    import signal
+    import urllib.request
+
+    assert "make web" in readme_commands("make web")
+    (port,) = free_ports(1)
+    where = f"SERVE_CONFIG={torchserve.cfg.path} SERVE_WORKDIR={torchserve.workdir} WEB_PORT={port}"
+    with open(tmp_path / "web.log", "wb") as log:
+        proc = subprocess.Popen(["bash", "-c", f"exec make web -s -C {REPO} {where}"], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, config = time.monotonic() + 60, None
+        while config is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                config = json.load(urllib.request.urlopen(f"{url}/api/config", timeout=5))
+            except OSError:
+                time.sleep(0.5)
+        assert config and config["model"] == "hotdog", (tmp_path / "web.log").read_text()
+        request = urllib.request.Request(f"{url}/api/predict", data=PHOTO.read_bytes(),
+                                         headers={"Content-Type": "image/jpeg"})
+        answer = json.load(urllib.request.urlopen(request, timeout=60))
+        assert answer == predict(torchserve, PHOTO)[1]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
