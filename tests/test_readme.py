@@ -188,3 +188,20 @@ def test_readme_make_web_serves_the_page(torchserve, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_readme_eager_serve_line_serves_plain_pytorch(tmp_path):
+    """`make serve SERVE_MAR=model_store/eager/hotdog.mar` as written (own ports and directories): it
+    builds the eager archive, serves it with the eager runtime and answers; `make stop` stops it."""
+    command, = readme_commands("make serve SERVE_MAR=")
+    cfg = serve_config_copy(tmp_path)
+    (tmp_path / "work").mkdir()
+    where = [f"SERVE_CONFIG={cfg.path}", f"SERVE_WORKDIR={tmp_path / 'work'}", f"SERVE_TMPDIR={tmp_path / 'tmp'}"]
+    try:
+        done = make(*command.split()[1:], *where)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "READY" in done.stdout and '"label": ' in done.stdout
+        assert "(runtime eager," in (tmp_path / "work" / "logs" / "model_log.log").read_text()
+    finally:
+        stopped = make("stop", *where)
+    assert "TorchServe stopped." in stopped.stdout
