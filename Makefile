@@ -85,6 +85,12 @@ bench-mobile: setup
 test: setup mar grpc-stubs
 	$(PY) -m pytest -q tests --ignore=tests/test_image.py
 
+# Deliberate breakages (no optimizer step, flipped labels, inverted CMYK, ...), each against the tests that
+# must catch it, in a scratch copy of the tree -> reports/mutations.json. A tool, not part of `make test`.
+.PHONY: test-mutations
+test-mutations: setup
+	$(PY) tests/mutations.py
+
 # --- Serving (TorchServe) ---------------------------------------------------------------------
 # hotdog.mar: the ExecuTorch int8 runtime (serve_config/model-config.yaml) with exported/'s int8 .pte,
 # rebuilt whenever the weights, the programs, the handler, model_src or the model config change. An

@@ -15,6 +15,7 @@ from model_src.bundle import load_bundle
 from model_src.preprocess import bytes_to_tensor, decode_image, image_to_tensor
 import imagegen
 from conftest import REPO, SAMPLE
+from helpers import flip_byte
 
 MAR = REPO / "model_store" / "hotdog.mar"
 
@@ -259,8 +260,6 @@ def test_tampered_weights_are_refused(model_dir, tmp_path):
 
     copy = tmp_path / "mar"
     shutil.copytree(model_dir, copy)
-    data = bytearray((copy / "model.pt").read_bytes())
-    data[-100] ^= 0xFF
-    (copy / "model.pt").write_bytes(bytes(data))
+    (copy / "model.pt").write_bytes(flip_byte((copy / "model.pt").read_bytes()))
     with pytest.raises(RuntimeError, match="hotdog model refused: .*sha256"):
         load_service(copy)

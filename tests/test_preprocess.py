@@ -9,15 +9,10 @@ from model_src.preprocess import (MAX_ASPECT_RATIO, ImageError, PreprocessSpec, 
                                   image_to_uint8, normalize, pil_to_uint8, resize_and_crop)
 
 from conftest import SAMPLE
+from imagegen import encode
 
 SPEC = PreprocessSpec()
 JPEG = next(SAMPLE.glob("hot_dog/*.jpg")).read_bytes()
-
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def test_deterministic_and_shaped():

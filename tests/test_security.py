@@ -8,7 +8,6 @@ any log TorchServe wrote.
 """
 import re
 import time
-import zipfile
 from pathlib import Path
 
 import grpc
@@ -16,6 +15,7 @@ import pytest
 import requests
 
 from conftest import SAMPLE, logs_of_a_failed_load
+from helpers import flip_byte, rewritten_mar
 from serving import server
 from serving.config import KEY_FILE, MAR, ServeConfig
 from serving.grpc_stubs import import_stubs
@@ -98,23 +98,9 @@ def test_every_socket_listens_on_loopback_only(torchserve):
         assert listening[port] <= loopback, f"{name} port {port} listens on {listening[port]}, not loopback only"
 
 
-def tampered_mar(dst: Path) -> Path:
-    """hotdog.mar with one byte of model.pt flipped (manifest.json, with its sha256, untouched)."""
-    with zipfile.ZipFile(MAR) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item)
-            if item.filename == "model.pt":
-                data = bytearray(data)
-                data[-100] ^= 0xFF
-                data = bytes(data)
-            zout.writestr(item, data)
-    return dst
-
-
 def test_real_server_refuses_tampered_weights(tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
-    mar = tampered_mar(store / "hotdog.mar")
+    # One byte of model.pt flipped, manifest.json (with its sha256) untouched.
+    mar = rewritten_mar(tmp_path / "store" / "hotdog.mar", "model.pt", flip_byte)
     logs = logs_of_a_failed_load(tmp_path, mar)
     assert not server._read_pid(tmp_path / "tmp")  # start() stopped it
     assert re.search(r"sha256 \w+… does not match the manifest .*refusing to load", logs), logs[-2000:]

@@ -19,7 +19,9 @@ import torch
 import yaml
 
 from conftest import REPO, SAMPLE, logs_of_a_failed_load, serve_config_copy
+from helpers import rewritten_mar
 from bench import serve_load
+from bench.harness import private_server
 from model_src.bundle import load_bundle, sha256_file
 from model_src.preprocess import bytes_to_tensor, decode_image, image_to_tensor
 from serving import server
@@ -44,10 +46,7 @@ def serve_all(tmp_path, overrides: dict, timeout: float = 180):
     """Answers of a TorchServe running an archive with these model-config overrides, and its model log."""
     store = tmp_path / "store"
     mar = serve_load.build_variant_mar(REPO / "weights", store, overrides)
-    workdir, tmpdir = tmp_path / "work", tmp_path / "tmp"
-    workdir.mkdir()
-    srv = server.start(serve_config_copy(tmp_path), workdir, tmpdir, mar, timeout=timeout)
-    try:
+    with private_server(mar, base=tmp_path, timeout=timeout) as srv:
         url = f"{srv.cfg.inference_url}/predictions/hotdog"
 
         def ask(path):
@@ -58,9 +57,7 @@ def serve_all(tmp_path, overrides: dict, timeout: float = 180):
 
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(ask, SAMPLES))
-        log = "\n".join(p.read_text(errors="replace") for p in (workdir / "logs").glob("model_log*.log"))
-    finally:
-        server.stop(workdir, tmpdir)
+        log = "\n".join(p.read_text(errors="replace") for p in (srv.workdir / "logs").glob("model_log*.log"))
     return answers, log
 
 
@@ -254,15 +251,9 @@ def test_a_stale_program_inside_the_archive_is_refused_at_load_and_make_serve_fa
     import time
     import zipfile
 
-    mar = tmp_path / "store" / "hotdog.mar"
-    mar.parent.mkdir()
-    with zipfile.ZipFile(REPO / "model_store" / "hotdog.mar") as zin, zipfile.ZipFile(mar, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item)
-            if item.filename == "hotdog_xnnpack_int8.pte":
-                data = data + b"\0"
-                tampered_sha = hashlib.sha256(data).hexdigest()
-            zout.writestr(item, data)
+    mar = rewritten_mar(tmp_path / "store" / "hotdog.mar", "hotdog_xnnpack_int8.pte", lambda data: data + b"\0")
+    with zipfile.ZipFile(mar) as z:
+        tampered_sha = hashlib.sha256(z.read("hotdog_xnnpack_int8.pte")).hexdigest()
     recorded = json.loads((REPO / "exported" / "hotdog.json").read_text())["programs"]["xnnpack_int8"]["sha256"]
     cfg = serve_config_copy(tmp_path)
     (tmp_path / "work").mkdir()
