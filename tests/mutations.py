@@ -157,14 +157,20 @@ def main(argv: list[str] | None = None) -> int:
                             "seconds": round(time.monotonic() - start, 1),
                             **({"detail": detail.strip().splitlines()[-1]} if outcome != "caught" else {})})
             print(f"{m.name:40s} {outcome} ({results[-1]['seconds']:.0f} s)", flush=True)
-    not_caught = [r["name"] for r in results if r["outcome"] != "caught"]
-    report = {"mutations": results, "caught": len(results) - len(not_caught), "total": len(results),
-              "not_caught": not_caught, "all_caught": not not_caught}
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+            report = write_report(args.report, results, len(chosen))  # after each one: a long run shows progress
+    not_caught = report["not_caught"]
     print(f"{report['caught']}/{report['total']} caught" + (f"; not caught: {', '.join(not_caught)}" if not_caught
                                                               else "") + f" -> {args.report}")
     return 0 if not not_caught else 1
+
+
+def write_report(path: str, results: list[dict], planned: int) -> dict:
+    not_caught = [r["name"] for r in results if r["outcome"] != "caught"]
+    report = {"mutations": results, "caught": len(results) - len(not_caught), "total": len(results),
+              "planned": planned, "not_caught": not_caught, "all_caught": not not_caught and len(results) == planned}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":
