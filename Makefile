@@ -29,19 +29,19 @@ setup: .venv/.installed
 data: setup
 	$(PY) -m data_sources.fetch --root $(DATA_ROOT)
 
-# Reproduce the shipped model (30 min on a 2-core CPU): `make train RUN=runs/mine`; another recipe:
-# `make train TRAIN_CONFIG=training/configs/distill.yaml` (needs the teacher wheel, see pyproject.toml).
-TRAIN_CONFIG ?= training/configs/hotdog.yaml
+# Reproduce the shipped model (80 CPU-minutes on 2 cores; every source, distilled from Lite2):
+# `make train RUN=runs/mine`; another recipe: `make train TRAIN_CONFIG=training/configs/hotdog.yaml`.
+TRAIN_CONFIG ?= training/configs/distill-patient.yaml
 train: setup
 	$(PY) -m training.train --config $(TRAIN_CONFIG) $(DATA_ARG) --out $(RUN)
 
-# The transfer-learning arm: pretrained EfficientNet-Lite0 + a fitted two-class head (the teacher of
-# training/configs/distill.yaml) -> $(TRANSFER_RUN)/ and $(TRANSFER_RUN)-zero-shot/; `make eval WEIGHTS=...` scores them.
+# The transfer-learning arm: a pretrained EfficientNet-Lite + a fitted two-class head (the teacher of
+# $(TRAIN_CONFIG)) -> $(TRANSFER_RUN)/ and $(TRANSFER_RUN)-zero-shot/; `make eval WEIGHTS=...` scores them.
 TRANSFER_RUN ?= runs/transfer
 train-transfer: setup
-	$(PY) -m training.transfer --config training/configs/distill.yaml --data $(DATA) --out $(TRANSFER_RUN)
+	$(PY) -m training.transfer --config $(TRAIN_CONFIG) $(DATA_ARG) --out $(TRANSFER_RUN)
 
-# Does a finished run beat the shipped model? Per-photo Kaggle val loss, paired: `make compare CANDIDATES=runs/mine`.
+# Does a finished run beat the shipped model? Per-photo val loss on every source, paired: `make compare CANDIDATES=runs/mine`.
 CANDIDATES ?= $(RUN)
 compare: setup
 	$(PY) -m training.compare $(WEIGHTS) $(CANDIDATES)
@@ -199,9 +199,9 @@ help:
 	  help "this list" \
 	  setup "install the pinned stack from pyproject.toml into .venv (every target runs it first)" \
 	  data "download and check every training and test photo from its public source into DATA_ROOT" \
-	  train "train ResNN with TRAIN_CONFIG (the shipped recipe: 30 CPU-minutes) into RUN" \
-	  train-transfer "the transfer arm: pretrained EfficientNet-Lite0 + a fitted head -> runs/transfer" \
-	  compare "does RUN (CANDIDATES) beat weights/? paired per-photo Kaggle validation loss" \
+	  train "train ResNN with TRAIN_CONFIG (the shipped recipe: 80 CPU-minutes, every source, Lite2 teacher) into RUN" \
+	  train-transfer "the transfer arm: the recipe's pretrained teacher + a fitted head -> runs/transfer" \
+	  compare "does RUN (CANDIDATES) beat weights/? paired per-photo validation loss, every source" \
 	  ship "make a finished RUN the shipped model in weights/" \
 	  eval "evaluate WEIGHTS on the test split; the report goes beside them" \
 	  bench-train "time to accuracy, seed recipe vs ours, same budget (about 70 min)" \

@@ -188,3 +188,14 @@ def test_an_unknown_teacher_is_refused_in_one_line(tmp_path):
     result = run_cli(tmp_path, "--data", str(SAMPLE), "--teacher", "lite9", *TINY_TRAIN_ARGS)
     assert result.returncode == 2
     assert "lite0, lite1, lite2" in result.stderr.strip().splitlines()[-1]
+
+
+def test_data_given_on_the_command_line_replaces_the_recipes_sources(tmp_path):
+    recipe = str(REPO / "training" / "configs" / "sources.yaml")
+    cfg, _ = parse_config(["--config", recipe, "--data", str(SAMPLE)])
+    samples, labels, root = train.scan_recipe_data(cfg)
+    assert root == SAMPLE and len(samples) == 12 and labels == LABELS
+    home = make_home(tmp_path)
+    cfg, _ = parse_config(["--config", recipe, "--data-home", str(home), "--data-roots", json.dumps(ROOTS)])
+    samples, _, root = train.scan_recipe_data(cfg)
+    assert root == home and {s.source for s in samples} == {"kaggle", "extra", "both", "hotonly"}

@@ -32,10 +32,10 @@ def run_files(run: Path) -> list[tuple[str, Path, str]]:
     if not (run / "data_files.txt").exists() or not (run / "config.yaml").exists():
         raise DataError(f"{run}: no data_files.txt or config.yaml (not a training run folder)")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    if cfg.get("data_roots"):
-        root = Path(cfg["data_home"]) if cfg.get("data_home") else data_home()
-    else:
+    if cfg.get("data"):
         root = run_data_root(cfg["data"])
+    else:
+        root = Path(cfg["data_home"]) if cfg.get("data_home") else data_home()
     return [(split, (root / path).resolve(), source) for split, path, source in read_data_files(run)]
 
 

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import yaml
 
-from training.data import SHARED_DATA
-
-
-def _default_data() -> str:
-    return str(SHARED_DATA / "train")
 
 
 @dataclass
 class TrainConfig:
-    # One ImageFolder (the old single-root recipes and the tests); ignored when data_roots is set.
-    data: str = field(default_factory=_default_data)
+    # One ImageFolder to train on instead of the recipe's data_roots ("" = the data_roots; a recipe
+    # without data_roots trains on <data home>/hotdog/train, which the saved config then names).
+    data: str = ""
     # The recipe's sources: {source: path under the data home} or {source: {path, classes}} for a source
     # holding one class only. Every photo carries its root's source (or a source_patterns match).
     data_roots: dict[str, object] = field(default_factory=dict)

@@ -27,7 +27,7 @@ from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec, normalize
 from model_src.resnn import ResNN
 from training.config import TrainConfig, parse_config
-from training.data import (DataError, data_home, file_list_sha256, load_cached, parse_data_roots, scan_image_folder,
+from training.data import (DataError, data_home, data_split, file_list_sha256, load_cached, parse_data_roots, scan_image_folder,
                            scan_sources, source_mask, stratified_split)
 from training.presets import TrainAugment, cutmix, mixup
 from training.teacher import TEACHERS, Teacher
@@ -338,8 +338,9 @@ def split_samples(samples: list, cfg: TrainConfig) -> tuple[list, list]:
 
 
 def scan_recipe_data(cfg: TrainConfig) -> tuple[list, tuple[str, ...], Path]:
-    """(samples, labels, the folder their paths are relative to) of the recipe's data_roots, else of `data`."""
-    if not cfg.data_roots:
+    """(samples, labels, the folder their paths are relative to) of `data`, else of the recipe's data_roots."""
+    if cfg.data or not cfg.data_roots:
+        cfg.data = cfg.data or str(data_split("train"))  # saved in config.yaml: the run names its photos
         data_root = Path(cfg.data)
         samples, labels = scan_image_folder(data_root, None, cfg.source_patterns, cfg.default_source)
         return samples, labels, data_root
