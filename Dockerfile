@@ -4,7 +4,8 @@
 #   docker exec hotdog cat /var/lib/hotdog/key_file.json     # the token keys (never in the image)
 # `make image` builds this file with buildah on a debian:bookworm-slim made from Debian packages; docs/deploy.md.
 FROM debian:bookworm-slim AS base
-# Python 3.11 and Java 17 (TorchServe's frontend) from Debian; tini passes signals to TorchServe's process group.
+# Python 3.11 and Java 17 (TorchServe's frontend) from Debian; tini passes signals to TorchServe's process group
+# (-s: and reaps orphans where it is not PID 1).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         python3 python3-venv openjdk-17-jre-headless tini ca-certificates \
@@ -51,4 +52,4 @@ WORKDIR /var/lib/hotdog
 USER hotdog
 EXPOSE 8080 7070 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s CMD ["python", "/opt/hotdog/deploy/healthcheck.py"]
-ENTRYPOINT ["tini", "-g", "--", "/opt/hotdog/deploy/entrypoint.sh"]
+ENTRYPOINT ["tini", "-s", "-g", "--", "/opt/hotdog/deploy/entrypoint.sh"]

@@ -77,12 +77,12 @@ def test_torchserve_container_matches_the_image(deployment):
     ts = containers(deployment)["torchserve"]
     image_ports = {int(p) for line in dockerfile("EXPOSE") for p in line.split()}
     assert {p["containerPort"] for p in ts["ports"]} == image_ports
-    # The probes ask /ping on the inference port the image's properties open.
+    # The probes run the image's HEALTHCHECK (/ping with the pod's key), and its port is the one the image opens.
     inference_port = urlsplit(container_config(ServeConfig.load(CONFIG))["inference_address"]).port
-    port_numbers = {p["name"]: p["containerPort"] for p in ts["ports"]}
+    assert {p["name"]: p["containerPort"] for p in ts["ports"]}["http"] == inference_port
+    healthcheck = json.loads(re.search(r"^HEALTHCHECK .*CMD (\[.*\])$", DOCKERFILE, re.MULTILINE).group(1))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        get = ts[probe]["httpGet"]
-        assert get["path"] == "/ping" and port_numbers[get["port"]] == inference_port, probe
+        assert ts[probe]["exec"]["command"] == healthcheck, probe
     uid = int(re.search(r"useradd .*--uid (\d+)", DOCKERFILE).group(1))
     assert spec["securityContext"]["runAsUser"] == uid and spec["securityContext"]["runAsNonRoot"] is True
 

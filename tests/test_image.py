@@ -6,6 +6,7 @@ on the host (the `torchserve` fixture), sent with the key read inside the contai
 refusals: no writable key directory, and a stale .pte in the build context. `make test-image` builds the image
 first; CI runs it after `make test`.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 import requests
+import yaml
 
 from conftest import REPO, SAMPLE
 from deploy.container_config import CONTAINER_CONFIG, PUBLIC
@@ -67,10 +69,7 @@ def container(image_config, tmp_path_factory):
 def served(image_config, container, tmp_path_factory):
     """TorchServe started by the image's ENTRYPOINT, on free ports; yields (Popen, ServeConfig, log path)."""
     base = tmp_path_factory.mktemp("image")
-    shipped = base / "image.properties"
-    shipped.write_text(subprocess.run(run_cmd(container, "cat", str(IMAGE_CONFIG)), capture_output=True,
-                                      text=True, check=True).stdout)
-    src = ServeConfig.load(shipped)
+    src = image_properties(container, base / "image.properties")
     cfg = src.write_copy(base / "config.properties", dict(zip(src.listen_ports(), free_ports(5))))
     log = base / "container.log"
     with open(log, "wb") as out:
@@ -83,19 +82,40 @@ def served(image_config, container, tmp_path_factory):
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"the container exited ({proc.returncode}) while starting:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(ping, timeout=2).json().get("status") == "Healthy":
+            try:  # TorchServe 0.12 asks the inference key even on /ping
+                key = container_keys(container)["inference"]["key"]
+                if requests.get(ping, headers={"Authorization": f"Bearer {key}"}, timeout=2).json().get(
+                        "status") == "Healthy":
                     break
-            except (requests.RequestException, ValueError):
+            except (AssertionError, requests.RequestException, ValueError, KeyError):
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"no Healthy /ping from the container in 240 s:\n{log.read_text()[-3000:]}")
             time.sleep(1)
         yield proc, cfg, log
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # a failed test: end the container's processes as well as buildah
+            for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
             proc.wait()
+
+
+def image_properties(container: str, into: Path) -> ServeConfig:
+    """The image's own TorchServe properties, copied out of the container to `into`."""
+    into.write_text(subprocess.run(run_cmd(container, "cat", str(IMAGE_CONFIG)), capture_output=True, text=True,
+                                   check=True).stdout)
+    return ServeConfig.load(into)
+
+
+def keys_dir(image_config: dict) -> str:
+    return next(e.split("=", 1)[1] for e in image_config["Env"] if e.startswith("HOTDOG_KEYS="))
+
+
+def host_answer(torchserve, data: bytes) -> requests.Response:
+    """The answer of `make serve`'s server (the session's TorchServe on the host) to a raw JPEG."""
+    return requests.post(f"{torchserve.cfg.inference_url}/predictions/hotdog", data=data,
+                         headers={**torchserve.inference_headers(), "Content-Type": "image/jpeg"}, timeout=60)
 
 
 def container_keys(container: str) -> dict:
@@ -111,8 +131,7 @@ def test_image_is_configured_as_the_issue_asks(image_config, container):
     assert image_config["Entrypoint"][0] == "tini" and "torchserve" in subprocess.run(
         run_cmd(container, "cat", image_config["Entrypoint"][-1]), capture_output=True, text=True).stdout
     assert set(image_config["ExposedPorts"]) == {"8080/tcp", "7070/tcp", "8082/tcp"}
-    keys_dir = next(e.split("=", 1)[1] for e in image_config["Env"] if e.startswith("HOTDOG_KEYS="))
-    assert keys_dir in image_config["Volumes"] and image_config["WorkingDir"] == keys_dir
+    assert keys_dir(image_config) in image_config["Volumes"] and image_config["WorkingDir"] == keys_dir(image_config)
     assert "/opt/hotdog/deploy/healthcheck.py" in image_config["Healthcheck"]["Test"]
     # No key is baked in, and the CUDA packages torch only loads on a GPU are not installed.
     found = subprocess.run(run_cmd(container, "sh", "-c", f"find / -xdev -name {KEY_FILE}; "
@@ -122,10 +141,7 @@ def test_image_is_configured_as_the_issue_asks(image_config, container):
 
 
 def test_image_properties_open_only_the_exposed_sockets_and_keep_authorization(container, tmp_path):
-    path = tmp_path / "image.properties"
-    path.write_text(subprocess.run(run_cmd(container, "cat", str(IMAGE_CONFIG)), capture_output=True, text=True,
-                                   check=True).stdout)
-    cfg = ServeConfig.load(path)
+    cfg = image_properties(container, tmp_path / "image.properties")
     hosts = {name: host for name, (host, _) in cfg.listen_ports().items()}
     assert hosts == {"inference": PUBLIC, "metrics": PUBLIC, "gRPC inference": PUBLIC,
                      "management": "127.0.0.1", "gRPC management": "127.0.0.1"}
@@ -143,8 +159,7 @@ def test_container_answers_real_jpegs_as_make_serve_does(served, container, torc
         data = path.read_bytes()
         ours = requests.post(url, data=data, headers={"Authorization": f"Bearer {key}",
                                                       "Content-Type": "image/jpeg"}, timeout=60)
-        host = requests.post(f"{torchserve.cfg.inference_url}/predictions/hotdog", data=data,
-                             headers={**torchserve.inference_headers(), "Content-Type": "image/jpeg"}, timeout=60)
+        host = host_answer(torchserve, data)
         assert ours.status_code == host.status_code == 200, (path, ours.text)
         assert ours.json() == host.json(), path
     # Without the key the container refuses, as the host's server does.
@@ -171,6 +186,39 @@ def test_image_healthcheck_passes_on_the_running_container(served, container, im
     assert done.returncode == 0, done.stderr
 
 
+def test_the_kubernetes_proxy_sidecar_serves_from_the_image(served, container, torchserve):
+    """deploy/kubernetes/deployment.yaml's proxy command (on a free port), run in the image beside the server:
+    the page's POST /api/predict answers as the host's server, with the key it reads from the shared volume."""
+    proc, cfg, log = served
+    pod = yaml.safe_load((REPO / "deploy" / "kubernetes" / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    command = next(c for c in pod["containers"] if c["name"] == "proxy")["command"]
+    (port,) = free_ports(1)
+    command = [str(port) if prev == "--port" else arg for prev, arg in zip([None, *command], command)]
+    sidecar = subprocess.Popen(run_cmd(container, "sh", "-c", f'cd {APP} && exec "$@"', "sh", *command,
+                                       volumes=(f"{cfg.path}:{IMAGE_CONFIG}:ro",)),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert sidecar.poll() is None, sidecar.stdout.read().decode(errors="replace")
+            try:
+                requests.get(f"http://127.0.0.1:{port}/api/config", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, "the proxy did not answer in 60 s"
+                time.sleep(0.5)
+        for path in SAMPLES[:4]:
+            data = path.read_bytes()
+            ours = requests.post(f"http://127.0.0.1:{port}/api/predict", data=data,
+                                 headers={"Content-Type": "image/jpeg"}, timeout=60)
+            assert ours.status_code == 200 and ours.json() == host_answer(torchserve, data).json(), (path, ours.text)
+    finally:
+        for child in psutil.Process(sidecar.pid).children(recursive=True):
+            if child.name().startswith("python"):
+                child.terminate()
+        sidecar.wait(timeout=30)
+
+
 def test_container_stops_cleanly_on_sigterm(served):
     proc, cfg, log = served
     tree = psutil.Process(proc.pid).children(recursive=True)
@@ -189,12 +237,12 @@ def test_container_stops_cleanly_on_sigterm(served):
 def test_container_without_a_writable_key_directory_refuses_to_start(image_config, container, tmp_path):
     readonly = tmp_path / "keys"
     readonly.mkdir()
-    keys_dir = next(e.split("=", 1)[1] for e in image_config["Env"] if e.startswith("HOTDOG_KEYS="))
-    done = subprocess.run(run_cmd(container, *image_config["Entrypoint"], volumes=(f"{readonly}:{keys_dir}:ro",)),
+    where = keys_dir(image_config)
+    done = subprocess.run(run_cmd(container, *image_config["Entrypoint"], volumes=(f"{readonly}:{where}:ro",)),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    lines = (done.stderr + done.stdout).strip().splitlines()
-    assert lines and f"{keys_dir} is not writable" in lines[-1] and "Model server started" not in done.stdout
+    said = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith("hotdog:")]
+    assert len(said) == 1 and f"{where} is not writable" in said[0] and "Model server started" not in done.stdout
 
 
 def test_a_stale_pte_in_the_build_context_fails_the_build_with_make_mars_error(image_config, tmp_path):
@@ -218,3 +266,16 @@ def test_a_stale_pte_in_the_build_context_fails_the_build_with_make_mars_error(i
                             str(ctx)], capture_output=True, text=True, timeout=1800)
     assert build.returncode != 0
     assert expected in build.stdout + build.stderr, (expected, (build.stdout + build.stderr)[-3000:])
+
+
+@pytest.mark.parametrize("missing", ["buildah", "debootstrap"])
+def test_make_image_without_a_tool_names_the_package_in_one_line(missing, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in {"buildah", "debootstrap"} - {missing}:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run(["/bin/bash", str(REPO / "deploy" / "build_image.sh")], env={"PATH": str(bin_dir)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert f"install the Debian package {missing}" in line
