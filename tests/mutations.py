@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these mutations (names)")
     parser.add_argument("--report", default=str(REPO / "reports" / "mutations.json"))
     parser.add_argument("--timeout", type=float, default=900, help="seconds per test run")
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="do not run the selected tests unmutated first (only right after they passed)")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     unknown = set(args.only or ()) - {m.name for m in MUTATIONS}
@@ -139,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         scratch_copy(copy)
         baseline_tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
         start = time.monotonic()
-        code, output = run_tests(copy, baseline_tests, args.timeout * 2)
+        code, output = (0, "") if args.skip_baseline else run_tests(copy, baseline_tests, args.timeout * 2)
         if code != 0:
             print(f"error: the tests fail without any mutation; fix them first:\n{output}", file=sys.stderr)
             return 2
-        print(f"baseline: {len(baseline_tests)} test selections pass unmutated ({time.monotonic() - start:.0f} s)")
+        print(f"baseline: {len(baseline_tests)} test selections pass unmutated ({time.monotonic() - start:.0f} s)"
+              if not args.skip_baseline else "baseline: skipped (--skip-baseline)")
         for m in chosen:
             start = time.monotonic()
             original = apply(copy, m)
@@ -157,16 +160,16 @@ def main(argv: list[str] | None = None) -> int:
                             "seconds": round(time.monotonic() - start, 1),
                             **({"detail": detail.strip().splitlines()[-1]} if outcome != "caught" else {})})
             print(f"{m.name:40s} {outcome} ({results[-1]['seconds']:.0f} s)", flush=True)
-            report = write_report(args.report, results, len(chosen))  # after each one: a long run shows progress
+            report = write_report(args.report, results, len(chosen), not args.skip_baseline)  # progress, each one
     not_caught = report["not_caught"]
     print(f"{report['caught']}/{report['total']} caught" + (f"; not caught: {', '.join(not_caught)}" if not_caught
                                                               else "") + f" -> {args.report}")
     return 0 if not not_caught else 1
 
 
-def write_report(path: str, results: list[dict], planned: int) -> dict:
+def write_report(path: str, results: list[dict], planned: int, baseline_run: bool) -> dict:
     not_caught = [r["name"] for r in results if r["outcome"] != "caught"]
-    report = {"mutations": results, "caught": len(results) - len(not_caught), "total": len(results),
+    report = {"baseline_run": baseline_run, "mutations": results, "caught": len(results) - len(not_caught), "total": len(results),
               "planned": planned, "not_caught": not_caught, "all_caught": not not_caught and len(results) == planned}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=2) + "\n")

@@ -160,7 +160,9 @@ def raw_request(page: str, head: str, body: bytes = b"", wait_for_continue: bool
         interim = b""
         if wait_for_continue:
             interim = s.recv(65536)
-            if not interim.startswith(b"HTTP/1.1 100"):
+            if not interim.startswith(b"HTTP/1.1 100"):  # a final answer instead: read it to the close
+                while chunk := s.recv(65536):
+                    interim += chunk
                 return interim, interim
         s.sendall(body)
         s.shutdown(socket.SHUT_WR)
