@@ -32,7 +32,7 @@ from torch.export import Dim, ExportedProgram
 from model_src.bundle import PROGRAMS_FILE, BundleError, check_programs, load_bundle, read_data_files, sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_uint8
-from training.data import REPO_ROOT as REPO, DataError, data_split
+from training.data import REPO_ROOT as REPO, DataError, data_split, run_photo_root
 
 DEFAULT_OUT = REPO / "exported"
 SWIFT_CONSTANTS = REPO / "mobile_export" / "ios" / "Hotdog" / "PreprocessConstants.swift"
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weights", default=str(REPO / "weights"), help="trained-model folder")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for .pte files and hotdog.json")
     parser.add_argument("--calib-data", default=None,
-                        help="training ImageFolder root (data_files.txt paths are relative to it)")
+                        help="the folder data_files.txt paths are relative to (default: the weights' own data)")
     parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, help="int8 calibration sample size")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the calibration sample")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of the XNNPACK programs")
@@ -465,7 +465,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                     f"{Path(args.weights).name}/preprocess.json"))
         return {}
     quiet_toolchain()
-    return export_all(args.weights, args.out, args.calib_data or data_split("train"), args.calib_images, args.seed, args.max_batch,
+    weights_run = Path(args.weights) / "config.yaml"
+    calib_data = args.calib_data or (run_photo_root(args.weights) if weights_run.exists() else data_split("train"))
+    return export_all(args.weights, args.out, calib_data, args.calib_images, args.seed, args.max_batch,
                       args.swift, log=lambda msg: print(msg, file=sys.stderr))
 
 

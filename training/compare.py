@@ -17,11 +17,10 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from model_src.bundle import BundleError, load_bundle, read_data_files
 from model_src.cli import run_cli
-from training.data import DataError, data_home, run_data_root
+from training.data import DataError, run_photo_root
 from training.evaluate import classification_metrics, predict_files
 
 MARGIN_SE = 2.0
@@ -29,13 +28,9 @@ MARGIN_SE = 2.0
 
 def run_files(run: Path) -> list[tuple[str, Path, str]]:
     """(split, absolute path, source) of every photo a run trained or validated on."""
-    if not (run / "data_files.txt").exists() or not (run / "config.yaml").exists():
-        raise DataError(f"{run}: no data_files.txt or config.yaml (not a training run folder)")
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    if cfg.get("data"):
-        root = run_data_root(cfg["data"])
-    else:
-        root = Path(cfg["data_home"]) if cfg.get("data_home") else data_home()
+    if not (run / "data_files.txt").exists():
+        raise DataError(f"{run}: no data_files.txt (not a training run folder)")
+    root = run_photo_root(run)
     return [(split, (root / path).resolve(), source) for split, path, source in read_data_files(run)]
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from model_src.preprocess import ImageError, decode_image, pil_to_uint8, resize_and_crop
 
@@ -49,6 +50,17 @@ def run_data_root(saved_data: str | Path) -> Path:
     """The data folder a run's config.yaml names. `make` trains from the repo root, so a relative path
     there (the Makefile's ../shared/...) is relative to the repo, whatever the reader's cwd."""
     return (REPO_ROOT / saved_data).resolve()
+
+
+def run_photo_root(run: str | Path) -> Path:
+    """The folder a run's data_files.txt paths are relative to: its `data` folder, else its data home."""
+    saved = Path(run) / "config.yaml"
+    if not saved.exists():
+        raise DataError(f"{run}: no config.yaml (not a training run folder)")
+    cfg = yaml.safe_load(saved.read_text()) or {}
+    if cfg.get("data"):
+        return run_data_root(cfg["data"])
+    return Path(cfg["data_home"]) if cfg.get("data_home") else data_home()
 
 
 @dataclass(frozen=True)
