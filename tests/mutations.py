@@ -156,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                 code, detail = run_tests(copy, m.tests, args.timeout)
                 (copy / m.file).write_text(original)
                 outcome = {0: "survived", 1: "caught"}.get(code, "error")
+            # What failed and why (pytest's FAILED line), so a catch by an unrelated crash shows.
+            failed = [line for line in detail.splitlines() if line.startswith(("FAILED", "ERROR"))]
             results.append({"name": m.name, "file": m.file, "tests": list(m.tests), "outcome": outcome,
                             "seconds": round(time.monotonic() - start, 1),
-                            **({"detail": detail.strip().splitlines()[-1]} if outcome != "caught" else {})})
+                            "detail": (failed or detail.strip().splitlines() or [""])[-1][:300]})
             print(f"{m.name:40s} {outcome} ({results[-1]['seconds']:.0f} s)", flush=True)
             report = write_report(args.report, results, len(chosen), not args.skip_baseline)  # progress, each one
     not_caught = report["not_caught"]
