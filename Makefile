@@ -210,6 +210,7 @@ help:
 	  export-parity "the .pte files vs eager PyTorch on the test split -> reports/mobile_parity.json" \
 	  bench-mobile "batch-1 latency of eager and the .pte files -> reports/bench_mobile.json" \
 	  test "the whole test suite (real TorchServe, .pte files, Chromium)" \
+	  test-mutations "deliberate breakages, one at a time, against the tests that must catch them -> reports/mutations.json" \
 	  mar "build model_store/hotdog.mar (the int8 ExecuTorch archive)" \
 	  mar-eager "build model_store/eager/hotdog.mar (fp32 PyTorch)" \
 	  mar-int8 "the old name of mar" \
