@@ -12,9 +12,6 @@ if [ ${#missing[@]} -eq 0 ]; then
     echo "image-deps: ${PACKAGES[*]} already installed"; exit 0
 fi
 command -v apt-get >/dev/null || { echo "image-deps: install ${missing[*]} (no apt-get here)" >&2; exit 1; }
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "image-deps: installing ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+source "$(dirname "$0")/../lib/apt-install.sh"
+apt_install image-deps "${missing[@]}"
 buildah --version

@@ -18,9 +18,6 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
     echo "web-deps: ${PACKAGES[*]} already installed"; exit 0
 fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "web-deps: installing ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+source "$(dirname "$0")/../lib/apt-install.sh"
+apt_install web-deps "${missing[@]}"
 chromium --version
