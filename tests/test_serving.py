@@ -21,6 +21,7 @@ import imagegen
 from conftest import REPO, SAMPLE, serve_config_copy
 from model_src.bundle import load_bundle
 from bench import parity
+from bench.reports import repo_relative
 from serving import grpc_client, server
 from serving.config import MAR, read_keys
 from training.evaluate import predict_files
@@ -170,7 +171,7 @@ def test_parity_report_when_no_photo_is_served(torchserve, eager, tmp_path):
     report = json.loads(out.read_text())
     assert done == 1 and report["pass"] is False and report["compared"] == 0
     assert report["max_abs_prob_diff"] is None and len(report["offline_skipped"]) == len(spec.labels)
-    assert sorted(report["served_errors"]) == sorted(str(tmp_path / "data" / c / "broken.jpg") for c in spec.labels)
+    assert sorted(report["served_errors"]) == sorted(repo_relative(tmp_path / "data" / c / "broken.jpg") for c in spec.labels)
     assert all(error.startswith("HTTP 4") for error in report["served_errors"].values()), report["served_errors"]
 
 

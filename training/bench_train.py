@@ -82,12 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", default="runs/bench_train")
     parser.add_argument("--report", default="reports/bench_train")
     args = parser.parse_args(argv)
-    args.data, args.test_data = args.data or data_split("train"), args.test_data or data_split("test")
+    args.data = args.data or data_split("train")
     run_dirs = {recipe: REPO / args.runs / recipe for recipe in args.recipes.split(",")}
     # Every folder before any training: a refusal after the first recipe's 30 minutes would waste them.
     for run_dir in run_dirs.values():
         if (run_dir / "manifest.json").exists() or (run_dir / "checkpoint.pt").exists():
             check_same_run(run_dir, args.budget_min, Path(args.data))
+    args.test_data = args.test_data or data_split("test")  # found (or refused) before the first recipe trains
     results = []
     for recipe, run_dir in run_dirs.items():
         run_recipe(recipe, args.budget_min, run_dir, Path(args.data))
