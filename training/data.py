@@ -52,6 +52,12 @@ def run_data_root(saved_data: str | Path) -> Path:
     return (REPO_ROOT / saved_data).resolve()
 
 
+def display_path(path: Path) -> str:
+    """A path as a committed manifest records it: relative to the repo when it sits beside it (../shared/...)."""
+    path = Path(path).resolve()
+    return os.path.relpath(path, REPO_ROOT) if path.is_relative_to(REPO_ROOT.parent) else str(path)
+
+
 def run_photo_root(run: str | Path) -> Path:
     """The folder a run's data_files.txt paths are relative to: its `data` folder, else its data home."""
     saved = Path(run) / "config.yaml"

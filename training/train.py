@@ -27,7 +27,7 @@ from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec, normalize
 from model_src.resnn import ResNN
 from training.config import TrainConfig, parse_config
-from training.data import (DataError, data_home, data_split, file_list_sha256, load_cached, parse_data_roots, scan_image_folder,
+from training.data import (DataError, data_home, data_split, display_path, file_list_sha256, load_cached, parse_data_roots, scan_image_folder,
                            scan_sources, source_mask, stratified_split)
 from training.presets import TrainAugment, cutmix, mixup
 from training.teacher import TEACHERS, Teacher
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> Path:
         "arch": arch,
         "weights": "model.pt",
         "weights_sha256": sha256_file(out / "model.pt"),
-        "data_root": str(data_root),
+        "data_root": display_path(data_root),
         "data_files_sha256": file_list_sha256(train_s + val_s, data_root),
         "train_images": len(train_x), "val_images": len(val_x), "skipped_files": skipped,
         "sources": source_counts(train_s, val_s, skipped),

@@ -18,7 +18,7 @@ from model_src.bundle import sha256_file
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec
 from training.config import parse_config
-from training.data import DataError, file_list_sha256, load_cached
+from training.data import DataError, display_path, file_list_sha256, load_cached
 from training.presets import TrainAugment
 from training.teacher import TEACHER_SPEC_FIELDS, TEACHERS, Teacher, load_pretrained, teacher_weights_path
 from training.train import autocast_for, check_writable, pick_device, scan_recipe_data, split_samples, training_clock
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> Path:
     torch.save(model.state_dict(), out / "model.pt")
     spec.save(out)
     manifest = {"arch": {"name": TEACHERS[cfg.teacher][1], "num_classes": len(labels)}, "weights": "model.pt",
-                "weights_sha256": sha256_file(out / "model.pt"), "data_root": str(data_root),
+                "weights_sha256": sha256_file(out / "model.pt"), "data_root": display_path(data_root),
                 "data_files_sha256": file_list_sha256(train_s + val_s, data_root),
                 "method": f"linear head on frozen features of {cfg.teacher_views} crops per image",
                 "train_minutes": teacher.summary["teacher_seconds"] / 60,
