@@ -19,7 +19,7 @@ from model_src.bundle import BundleError, load_bundle, read_manifest, sha256_fil
 from model_src.cli import run_cli
 from model_src.preprocess import HOTDOG_LABEL, ImageError, PreprocessSpec, decode_image, image_to_tensor
 from model_src.resnn import inference_gflops
-from training.data import DataError, data_split, scan_image_folder
+from training.data import DataError, data_split, display_path, scan_image_folder
 from training.plots import plot_confusion, plot_curves
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     y_true = torch.tensor([samples[i].label for i in kept])
     report = classification_metrics(probs, y_true, spec.labels, [samples[i].source for i in kept])
     name = args.name or data.name
-    report.update(split=name, data=str(data), skipped=skipped, weights_sha256=manifest["weights_sha256"],
+    report.update(split=name, data=display_path(data), skipped=skipped, weights_sha256=manifest["weights_sha256"],
                   input_size=spec.input_size, gflops_per_image=round(inference_gflops(model, spec.input_size), 4),
                   parameters=sum(p.numel() for p in model.parameters()), train_minutes=manifest.get("train_minutes"))
     out = Path(args.out or args.weights)
