@@ -141,6 +141,23 @@ def test_sampling_weights_set_how_often_each_source_is_visited():
         train.epoch_sample_order(sources, {"a": -1}, g)
 
 
+def test_class_balance_gives_every_class_the_same_visits_and_keeps_the_source_weights():
+    # Source a: 20 hot dogs (label 0), 180 not; source b: 100 hot dogs only, visited twice.
+    sources = ["a"] * 200 + ["b"] * 100
+    labels = torch.tensor([0] * 20 + [1] * 180 + [0] * 100)
+    weights = {"b": 2}
+    plain = train.epoch_sample_order(sources, weights, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels[plain]).tolist() == [220, 180]  # 20 + 2 x 100 hot dogs
+    order = train.epoch_sample_order(sources, weights, torch.Generator().manual_seed(0), labels, class_balance=True)
+    per_class = torch.bincount(labels[order]).tolist()
+    assert abs(per_class[0] - per_class[1]) <= 2 and abs(len(order) - len(plain)) <= 2
+    counts = torch.bincount(order, minlength=len(sources)).float()
+    # Within a class, b still gets twice a's visits per photo.
+    assert counts[200:].mean() / counts[:20].mean() == pytest.approx(2.0, rel=0.05)
+    with pytest.raises(ValueError, match="labels"):
+        train.epoch_sample_order(sources, weights, torch.Generator().manual_seed(0), class_balance=True)
+
+
 def test_a_recipe_inherits_its_base_and_overrides_it(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data_roots": ROOTS, "lr": 0.1, "epochs": 5}))
     (tmp_path / "child.yaml").write_text("base: base.yaml\nlr: 0.2\n")

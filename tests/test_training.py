@@ -390,6 +390,10 @@ def test_cross_source_run_trains_without_the_excluded_source_but_validates_on_it
     trained = [r.split("\t") for r in rows if r.startswith("train")]
     assert trained and {source for _, _, source in trained} == {"extra"}
     assert "val_acc_kaggle" in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    # Chosen on every source but the left-out one: its photos only measure.
+    out = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "all"), "--epochs", "1", *TINY_TRAIN_ARGS,
+                      "--exclude-source", "kaggle", "--select-source", "all"])
+    assert json.loads((out / "manifest.json").read_text())["selected_on"] == ["extra"]
     code = train.cli(["--data", str(sample_tree), "--out", str(tmp_path / "bad"), *TINY_TRAIN_ARGS,
                       "--exclude-source", "kaggle"])
     assert code == 2 and "select_source" in capsys.readouterr().err

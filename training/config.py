@@ -45,6 +45,9 @@ class TrainConfig:
     # Per-source sampling weight: an epoch visits each training image of that source this many times on
     # average (e.g. {kaggle: 3, extra: 0.5}; the fraction is a fresh random subset each epoch; default 1).
     source_repeats: dict[str, float] = field(default_factory=dict)
+    # Then scale each class's weights so every class gets the same visits per epoch: the sources' class
+    # mixes differ (Flickr-style photos are 14:1 negatives) and a student learns the pooled class prior.
+    class_balance: bool = False
     eval_every: int = 2
     # Optimisation
     epochs: int = 40

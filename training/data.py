@@ -148,9 +148,10 @@ def scan_sources(roots: list[DataRoot], labels: tuple[str, ...],
     return samples
 
 
-def source_mask(sources: list[str], source: str) -> torch.Tensor:
-    """Which photos belong to `source`; "all" selects every photo."""
-    return torch.tensor([source in ("all", s) for s in sources], dtype=torch.bool)
+def source_mask(sources: list[str], source: str, exclude: str = "") -> torch.Tensor:
+    """Which photos belong to `source` ("all": every photo) other than `exclude`'s, a left-out source that
+    must not choose anything in its own leave-one-source-out run."""
+    return torch.tensor([source in ("all", s) and s != exclude for s in sources], dtype=torch.bool)
 
 
 def stratified_split(samples: list[Sample], val_fraction: dict[str, float] | float, seed: int

@@ -181,7 +181,7 @@ class Teacher:
         # The head's L2 strength is chosen on the selection source's val photos (cross-entropy).
         n, k, d = train_f.shape
         flat_f, flat_y = train_f.reshape(n * k, d), train_y.repeat_interleave(k)
-        select = source_mask(val_sources, cfg.select_source)
+        select = source_mask(val_sources, cfg.select_source, cfg.exclude_source)
         best = None
         for wd in (1e-4, 1e-3, 1e-2):
             head = fit_head(flat_f, flat_y, int(train_y.max()) + 1, wd, seed=cfg.seed)

@@ -207,7 +207,7 @@ def train_one_epoch(model, ema, optimizer, scaler, augment, images, labels, sour
     model.train()
     # Seeds depend only on (seed, epoch, rank), so a resumed run replays the epochs it missed exactly.
     epoch_g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    epoch_order = epoch_sample_order(sources, cfg.source_repeats, epoch_g)
+    epoch_order = epoch_sample_order(sources, cfg.source_repeats, epoch_g, labels, cfg.class_balance)
     perm = epoch_order[torch.randperm(len(epoch_order), generator=epoch_g)]
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_000 + ranks.rank)
     torch.manual_seed(cfg.seed * 100_003 + epoch * 1_000 + ranks.rank)  # dropout / drop-path
@@ -306,18 +306,36 @@ def evaluate(model, images, labels, spec: PreprocessSpec, device, batch_size: in
     return torch.cat(losses), torch.cat(hits)
 
 
-def epoch_sample_order(sources: list[str], weights: dict[str, float], g: torch.Generator) -> torch.Tensor:
-    """Indices one epoch visits: a source's images `weights[source]` times each on average (default 1).
+def epoch_sample_order(sources: list[str], weights: dict[str, float], g: torch.Generator,
+                       labels: torch.Tensor | None = None, class_balance: bool = False) -> torch.Tensor:
+    """Indices one epoch visits: a source's images `weights[source]` times each on average (default 1);
+    with `class_balance`, each class's weights are then scaled so every class gets the same visits.
 
     The whole part repeats every image; the fraction is a random subset drawn with `g`, so the epoch
     length is the same every epoch and a resumed run draws the same subsets."""
+    if class_balance and labels is None:
+        raise ValueError("class_balance needs the labels")
+    keys = list(zip(sources, labels.tolist())) if class_balance else sources
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    source_of = (lambda key: key[0]) if class_balance else (lambda key: key)
+    weight = {}
+    for key in groups:
+        weight[key] = float(weights.get(source_of(key), 1))
+        if weight[key] < 0:
+            raise DataError(f"source_repeats[{source_of(key)!r}] must be >= 0, got {weight[key]}")
+    if class_balance:
+        visits: dict[int, float] = {}
+        for (source, label), members in groups.items():
+            visits[label] = visits.get(label, 0.0) + weight[(source, label)] * len(members)
+        mean = sum(visits.values()) / len(visits)  # the epoch keeps its length
+        for source, label in groups:
+            weight[(source, label)] *= mean / visits[label] if visits[label] else 1.0
     order = []
-    for source in sorted(set(sources)):
-        members = torch.tensor([i for i, s in enumerate(sources) if s == source], dtype=torch.long)
-        weight = float(weights.get(source, 1))
-        if weight < 0:
-            raise DataError(f"source_repeats[{source!r}] must be >= 0, got {weight}")
-        whole, part = int(weight), weight - int(weight)
+    for key in sorted(groups):
+        members = torch.tensor(groups[key], dtype=torch.long)
+        whole, part = int(weight[key]), weight[key] - int(weight[key])
         order += [members] * whole
         order.append(members[torch.randperm(len(members), generator=g)[:round(part * len(members))]])
     return torch.cat(order)
@@ -423,11 +441,12 @@ def main(argv: list[str] | None = None) -> Path:
         raise DataError(f"no readable training images for class {', '.join(unseen)} in {data_root} "
                         f"(see the skipped files above)")
     val_sources = [val_s[i].source for i in val_kept.tolist()]
-    select_mask = source_mask(val_sources, cfg.select_source)
+    select_mask = source_mask(val_sources, cfg.select_source, cfg.exclude_source)
     if not select_mask.any():
-        select_mask = torch.ones(len(val_sources), dtype=torch.bool)
+        select_mask = source_mask(val_sources, "all", cfg.exclude_source)
     train_sources = [train_s[i].source for i in train_kept.tolist()]
-    epoch_order = epoch_sample_order(train_sources, cfg.source_repeats, torch.Generator().manual_seed(cfg.seed))
+    epoch_order = epoch_sample_order(train_sources, cfg.source_repeats, torch.Generator().manual_seed(cfg.seed),
+                                     train_y, cfg.class_balance)
     if len(epoch_order) < cfg.batch_size:
         cfg.batch_size = len(epoch_order)  # tiny data trees (tests): one batch per epoch
     cfg.batch_size -= cfg.batch_size % ranks.world  # every rank takes an equal share of each batch
@@ -565,6 +584,7 @@ def main(argv: list[str] | None = None) -> Path:
         "select_metric": cfg.select_metric, "best_epoch": state["best_epoch"],
         f"best_val_acc_{cfg.select_source}": state["best_val_acc"],
         f"best_val_loss_{cfg.select_source}": state["best_val_loss"],
+        "selected_on": sorted({s for s, chosen in zip(val_sources, select_mask.tolist()) if chosen}),
         "epochs_run": state["epoch"], "train_minutes": state["train_seconds"] / 60,
         "wall_minutes_this_process": (time.perf_counter() - wall_start) / 60,
         "device": str(device), "amp": resolve_amp(cfg.amp, device), "torch": torch.__version__,
