@@ -41,6 +41,17 @@ TRANSFER_RUN ?= runs/transfer
 train-transfer: setup
 	$(PY) -m training.transfer --config $(TRAIN_CONFIG) $(DATA_ARG) --out $(TRANSFER_RUN)
 
+# Leave-one-source-out: the 30-minute recipe without each of the three largest training sources; student
+# and teacher (fitted without it too) scored on its photos -> $(LOSO_REPORT). About 100 CPU-minutes.
+LOSO_CONFIG ?= training/configs/distill-patient-30min.yaml
+LOSO_SOURCES ?= kaggle sasyl_fastfood vishalpatel_hotdog
+LOSO_REPORT ?= docs/train_runs/loso.json
+.PHONY: loso
+loso: setup
+	for source in $(LOSO_SOURCES); do \
+	  $(PY) -m training.train --config $(LOSO_CONFIG) $(DATA_ARG) --exclude-source $$source --out runs/loso-$$source || exit 1; done
+	$(PY) -m training.loso $(addprefix runs/loso-,$(LOSO_SOURCES)) --out $(LOSO_REPORT)
+
 # Does a finished run beat the shipped model? Per-photo val loss on every source, paired: `make compare CANDIDATES=runs/mine`.
 CANDIDATES ?= $(RUN)
 compare: setup
@@ -201,6 +212,7 @@ help:
 	  data "download and check every training and test photo from its public source into DATA_ROOT" \
 	  train "train ResNN with TRAIN_CONFIG (the shipped recipe: 80 CPU-minutes, every source, Lite2 teacher) into RUN" \
 	  train-transfer "the transfer arm: the recipe's pretrained teacher + a fitted head -> runs/transfer" \
+	  loso "leave-one-source-out: student and teacher trained without each large source, scored on it" \
 	  compare "does RUN (CANDIDATES) beat weights/? paired per-photo validation loss, every source" \
 	  ship "make a finished RUN the shipped model in weights/" \
 	  eval "evaluate WEIGHTS on the test split; the report goes beside them" \

@@ -110,3 +110,28 @@ def test_transfer_arm_and_zero_shot_teacher_are_evaluated_like_resnn(sample_tree
     (out / "model.pt").write_bytes(b"not the weights")
     with pytest.raises(Exception, match="sha256"):
         evaluate.main(["--weights", str(out), "--data", str(sample_tree)])
+
+
+def test_leave_one_source_out_table_scores_student_and_teacher_on_the_left_out_photos(sample_tree, tmp_path, capsys):
+    from training import loso
+
+    run = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "loso"), "--epochs", "2", *TINY_TRAIN_ARGS,
+                      *TINY_TEACHER_ARGS, "--exclude-source", "kaggle", "--select-source", "all", "--eval-every", "1"])
+    [row] = loso.main([str(run), "--out", str(tmp_path / "loso.json")])
+    assert row["left_out"] == "kaggle" and row["selected_on"] == ["extra"]
+    # The student's figure is the shipped-style checkpoint's accuracy on exactly the left-out val photos.
+    rows = [line.split("\t") for line in (run / "data_files.txt").read_text().splitlines()]
+    held_out = [path for split, path, source in rows if split == "val" and source == "kaggle"]
+    assert row["val_photos"] == len(held_out) > 0
+    for path in held_out:
+        target = tmp_path / "kaggle_val" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((sample_tree / path).read_bytes())
+    report = evaluate.main(["--weights", str(run), "--data", str(tmp_path / "kaggle_val"), "--name", "left_out"])
+    assert row["student_acc"] == pytest.approx(report["accuracy"], abs=1e-4)
+    assert 0 <= row["teacher_acc"] <= 1
+    assert row["teacher_minus_student_points"] == pytest.approx(100 * (row["teacher_acc"] - row["student_acc"]), abs=0.1)
+    assert json.loads((tmp_path / "loso.json").read_text()) == [row]
+    # A run that left nothing out is refused in one line.
+    plain = train.main(["--data", str(sample_tree), "--out", str(tmp_path / "plain"), "--epochs", "1", *TINY_TRAIN_ARGS])
+    assert loso.cli([str(plain)]) == 2 and "not a leave-one-source-out run" in capsys.readouterr().err
