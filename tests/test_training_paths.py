@@ -1,6 +1,7 @@
 """Training paths the shipped recipe depends on: the time budget, EMA, the augmentations, the decode cache
 (and its parallel decoding), drop_path, and model_src.bundle's refusals."""
 import json
+import os
 import shutil
 
 import pytest
@@ -19,7 +20,7 @@ from training.presets import TrainAugment
 FP32 = ["--amp", "off", "--threads", "1"]
 
 
-def test_time_budget_ends_the_run_and_drives_the_schedule(sample_tree, tmp_path):
+def test_time_budget_ends_the_run_and_drives_the_schedule(sample_tree, tmp_path, capsys):
     """1000 epochs allowed, 0.05 CPU-minutes of training: the run stops at the budget (not the epochs), and
     the learning rate follows time: it has decayed to nearly zero by the end (by steps it would be at 0.1%).
     CPU time (the recipe's budget_clock), so a loaded test machine does not shorten the run."""
@@ -30,6 +31,9 @@ def test_time_budget_ends_the_run_and_drives_the_schedule(sample_tree, tmp_path)
     assert 1 < manifest["epochs_run"] == len(rows) < 1000
     assert 0.05 <= manifest["train_minutes"] < 0.05 + 0.05  # stops at the first step past the budget
     assert rows[-1]["lr"] < 0.05 * 0.003 < max(r["lr"] for r in rows)  # cosine over time reached its end
+    # One thread of several cores buys less than the recipe's budget: the run says so and records it.
+    assert manifest["threads"] == 1 and manifest["cpu_count"] == os.cpu_count()
+    assert ("this run gets less compute" in capsys.readouterr().err) == (os.cpu_count() > 1)
 
 
 def test_ema_weights_are_what_is_evaluated_and_shipped(sample_tree, tmp_path):
