@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.budget_clock == "cpu" and cfg.time_budget_min and torch.get_num_threads() < (os.cpu_count() or 1):
-        # Measured on 2 cores: one thread did 0.55x the work of two per budget minute.
+        # Measured on 2 cores (Zen 4): one thread did about half the work of two per budget minute.
         print(f"warning: the cpu budget counts CPU time / {torch.get_num_threads()} thread(s) on "
               f"{os.cpu_count()} cores: this run gets less compute than the recipe's budget on all cores",
               file=sys.stderr)
