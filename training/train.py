@@ -315,16 +315,16 @@ def epoch_sample_order(sources: list[str], weights: dict[str, float], g: torch.G
     length is the same every epoch and a resumed run draws the same subsets."""
     if class_balance and labels is None:
         raise ValueError("class_balance needs the labels")
-    keys = list(zip(sources, labels.tolist())) if class_balance else sources
+    # Groups of (source, class), or (source, None) without class_balance: a source then draws as one group.
+    classes = labels.tolist() if class_balance else [None] * len(sources)
     groups: dict = {}
-    for i, key in enumerate(keys):
+    for i, key in enumerate(zip(sources, classes)):
         groups.setdefault(key, []).append(i)
-    source_of = (lambda key: key[0]) if class_balance else (lambda key: key)
     weight = {}
-    for key in groups:
-        weight[key] = float(weights.get(source_of(key), 1))
-        if weight[key] < 0:
-            raise DataError(f"source_repeats[{source_of(key)!r}] must be >= 0, got {weight[key]}")
+    for source, label in groups:
+        weight[(source, label)] = float(weights.get(source, 1))
+        if weight[(source, label)] < 0:
+            raise DataError(f"source_repeats[{source!r}] must be >= 0, got {weight[(source, label)]}")
     if class_balance:
         visits: dict[int, float] = {}
         for (source, label), members in groups.items():
