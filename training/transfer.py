@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> Path:
     autocast, _ = autocast_for(cfg, pick_device(cfg))
     teacher = Teacher.build(train_x, train_y, val_x, val_y, val_sources, cfg, augment,
                             file_list_sha256(train_s + val_s, data_root), autocast, training_clock(cfg),
-                            labels.index(HOTDOG_LABEL), log=lambda m: print(m, file=sys.stderr))
+                            labels, log=lambda m: print(m, file=sys.stderr))
     model = load_pretrained(cfg.teacher)
     model.reset_classifier(len(labels))
     model.get_classifier().load_state_dict(teacher.head.state_dict())
